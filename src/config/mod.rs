@@ -23,7 +23,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use url::Url;
 
 pub use secret::Secret;
-pub use validate::{ConfigError, Problem, load_file, load_str};
+pub use validate::{ConfigError, Problem, load_file, load_str, render_effective};
 
 /// The whole validated configuration. Cheap to share behind an `Arc`.
 #[derive(Debug, Clone)]
@@ -126,4 +126,14 @@ pub struct UpstreamConfig {
     pub tls_client_cert: Option<TlsConfig>,
     /// `insecure_skip_verify`, default false: accept any upstream certificate (warned at start).
     pub insecure_skip_verify: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+            access_log: true,
+        }
+    }
 }

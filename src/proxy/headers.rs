@@ -1,0 +1,287 @@
+//! Header rewriting toward the upstream and back: the part of forwarding that decides what the
+//! app may believe. Order matters and is fixed here, once:
+//!
+//! 1. hop-by-hop headers go first, including every name listed in `Connection` (RFC 9110
+//!    §7.6.1), so a client can never use `Connection` to remove a header the gateway adds
+//!    afterwards (rule 25);
+//! 2. every identity header name is removed in any case, number of copies, and spelling with
+//!    `-`, `_` or `.` (rules 17, 24); names with `_` are dropped unless allowed;
+//! 3. `X-Forwarded-*` and friends are replaced for untrusted peers and extended for trusted
+//!    proxies (rule 27);
+//! 4. the gateway's own headers (`X-Forwarded-For/-Proto/-Host`, `X-Request-Id`, `Host`) are set.
+
+use std::net::IpAddr;
+
+use http::header::{CONNECTION, HOST, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+use crate::config::Config;
+
+/// Hop-by-hop headers of RFC 9110 §7.6.1 plus the obsolete ones proxies still see.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+];
+
+/// Headers that describe the original request and are believed only from trusted proxies
+/// (rule 27). From anyone else they are removed; the gateway sets its own `X-Forwarded-*`.
+const FORWARDING: [HeaderName; 9] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-forwarded-method"),
+    HeaderName::from_static("x-original-uri"),
+    http::header::FORWARDED,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What the gateway knows about this request that the headers must carry.
+#[derive(Debug)]
+pub struct ForwardInfo<'a> {
+    pub peer: IpAddr,
+    pub tls: bool,
+    pub request_id: &'a HeaderValue,
+    /// The host the client asked for (`Host`, or `:authority` on HTTP/2).
+    pub client_host: &'a HeaderValue,
+    /// `Host` for the upstream: the client's (preserve_host) or the upstream's authority.
+    pub upstream_host: &'a HeaderValue,
+    /// The `Upgrade` value to keep for a protocol switch, when the client asked for one.
+    pub upgrade: Option<HeaderValue>,
+}
+
+/// Built once from the configuration; applied to every request and response.
+#[derive(Debug, Clone)]
+pub struct HeaderRules {
+    identity: Vec<HeaderName>,
+    /// `identity` names lowercased without `-`, `_`, `.`: the form CGI-style apps fold to.
+    identity_folded: Vec<Vec<u8>>,
+    allow_underscores: bool,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl HeaderRules {
+    pub fn new(config: &Config) -> Self {
+        let identity = config.headers.identity.clone();
+        let identity_folded = identity.iter().map(|n| fold(n.as_str())).collect();
+        Self {
+            identity,
+            identity_folded,
+            allow_underscores: config.headers.allow_underscores,
+            trusted_proxies: config.server.trusted_proxies.clone(),
+        }
+    }
+
+    pub fn is_trusted(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
+
+    /// Rewrites a client's request headers for the upstream, in the order the module doc gives.
+    pub fn rewrite_request(&self, headers: &mut HeaderMap, info: &ForwardInfo<'_>) {
+        remove_hop_by_hop(headers);
+        self.remove_identity(headers);
+        let trusted = self.is_trusted(info.peer);
+        let prior_for = if trusted {
+            headers.get(&X_FORWARDED_FOR).cloned()
+        } else {
+            for name in &FORWARDING {
+                headers.remove(name);
+            }
+            None
+        };
+        let peer = info.peer.to_canonical().to_string();
+        let xff = match prior_for.as_ref().and_then(|v| v.to_str().ok()) {
+            Some(prior) if !prior.is_empty() => format!("{prior}, {peer}"),
+            _ => peer,
+        };
+        if let Ok(value) = HeaderValue::from_str(&xff) {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+        if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+            let proto = if info.tls { "https" } else { "http" };
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
+        if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+            headers.insert(X_FORWARDED_HOST, info.client_host.clone());
+        }
+        headers.insert(X_REQUEST_ID, info.request_id.clone());
+        headers.insert(HOST, info.upstream_host.clone());
+        if let Some(upgrade) = &info.upgrade {
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(UPGRADE, upgrade.clone());
+        }
+    }
+
+    /// Removes every copy of every identity header, whatever its case or separator spelling,
+    /// and every `_` name unless allowed: apps behind CGI, WSGI or PHP read `X_Forwarded_User`
+    /// and `X.Forwarded.User` as `X-Forwarded-User`.
+    pub fn remove_identity(&self, headers: &mut HeaderMap) {
+        for name in &self.identity {
+            headers.remove(name);
+        }
+        let mut doomed: Vec<HeaderName> = Vec::new();
+        for name in headers.keys() {
+            let s = name.as_str();
+            let underscore = s.contains('_');
+            let doom = (underscore && !self.allow_underscores)
+                || self.identity_folded.iter().any(|f| folded_eq(s, f));
+            if doom && !doomed.contains(name) {
+                doomed.push(name.clone());
+            }
+        }
+        for name in doomed {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Removes hop-by-hop headers from a request or response, including every header named in
+/// `Connection`. `Upgrade` is hop-by-hop too; forwarding re-adds it for a protocol switch.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(UPGRADE);
+}
+
+fn fold(name: &str) -> Vec<u8> {
+    name.bytes()
+        .filter(|b| !matches!(b, b'-' | b'_' | b'.'))
+        .map(|b| b.to_ascii_lowercase())
+        .collect()
+}
+
+/// `name` equals `folded` once lowercased and stripped of `-`, `_` and `.`; no allocation.
+fn folded_eq(name: &str, folded: &[u8]) -> bool {
+    let mut rest = folded.iter();
+    for b in name.bytes() {
+        if matches!(b, b'-' | b'_' | b'.') {
+            continue;
+        }
+        match rest.next() {
+            Some(f) if *f == b.to_ascii_lowercase() => {}
+            _ => return false,
+        }
+    }
+    rest.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(trusted: &[&str]) -> HeaderRules {
+        let identity: Vec<HeaderName> = ["x-forwarded-user", "x-forwarded-email"]
+            .iter()
+            .map(|n| HeaderName::from_static(n))
+            .collect();
+        HeaderRules {
+            identity_folded: identity.iter().map(|n| fold(n.as_str())).collect(),
+            identity,
+            allow_underscores: false,
+            trusted_proxies: trusted.iter().map(|c| c.parse().unwrap()).collect(),
+        }
+    }
+
+    fn info<'a>(peer: &str, id: &'a HeaderValue, host: &'a HeaderValue) -> ForwardInfo<'a> {
+        ForwardInfo {
+            peer: peer.parse().unwrap(),
+            tls: false,
+            request_id: id,
+            client_host: host,
+            upstream_host: host,
+            upgrade: None,
+        }
+    }
+
+    #[test]
+    fn folded_names_match_every_spelling() {
+        let f = fold("X-Forwarded-User");
+        for n in [
+            "x-forwarded-user",
+            "x_forwarded_user",
+            "x.forwarded.user",
+            "xforwardeduser",
+        ] {
+            assert!(folded_eq(n, &f), "{n}");
+        }
+        assert!(!folded_eq("x-forwarded-users", &f));
+        assert!(!folded_eq("x-forwarded-use", &f));
+    }
+
+    #[test]
+    fn connection_cannot_remove_what_the_gateway_sets() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("close, X-Forwarded-For, X-Request-Id, Host"),
+        );
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        let id = HeaderValue::from_static("rid");
+        let host = HeaderValue::from_static("app.example");
+        rules(&[]).rewrite_request(&mut h, &info("10.0.0.1", &id, &host));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-request-id"], "rid");
+        assert_eq!(h[HOST], "app.example");
+        assert!(!h.contains_key(CONNECTION));
+    }
+
+    #[test]
+    fn trusted_proxies_extend_forwarded_for_and_untrusted_peers_replace_it() {
+        let id = HeaderValue::from_static("rid");
+        let host = HeaderValue::from_static("app");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        rules(&["10.0.0.0/8"]).rewrite_request(&mut h, &info("10.1.2.3", &id, &host));
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "https");
+
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-original-uri", HeaderValue::from_static("/admin"));
+        rules(&["10.0.0.0/8"]).rewrite_request(&mut h, &info("192.0.2.9", &id, &host));
+        assert_eq!(h["x-forwarded-for"], "192.0.2.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("x-original-uri"));
+    }
+
+    #[test]
+    fn identity_headers_are_removed_in_every_spelling_and_copy() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-user", HeaderValue::from_static("a"));
+        h.append("X-FORWARDED-USER", HeaderValue::from_static("b"));
+        h.append("x.forwarded.email", HeaderValue::from_static("c"));
+        h.append("x_forwarded_user", HeaderValue::from_static("d"));
+        h.append("x_other", HeaderValue::from_static("e"));
+        h.append("x-app", HeaderValue::from_static("kept"));
+        rules(&[]).remove_identity(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-app"], "kept");
+    }
+}
