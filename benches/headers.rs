@@ -2,6 +2,12 @@
 //! request-header rewriting (hop-by-hop, identity stripping, X-Forwarded-*) and path
 //! normalisation. Run: `cargo bench --bench headers`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "benchmark setup: a broken fixture should stop the run loudly"
+)]
+
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -41,12 +47,12 @@ fn bench(c: &mut Criterion) {
         None,
         &[],
     )
-    .unwrap_or_else(|e| panic!("bench config: {e}"));
+    .expect("bench config");
     let rules = HeaderRules::new(&config);
     let id = HeaderValue::from_static("0123456789abcdef0123456789abcdef");
     let host = HeaderValue::from_static("app.example.com");
     let info = ForwardInfo {
-        peer: "192.0.2.10".parse().unwrap_or_else(|_| panic!("ip")),
+        peer: "192.0.2.10".parse().unwrap(),
         tls: true,
         request_id: &id,
         client_host: &host,
@@ -72,12 +78,8 @@ fn bench(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
-    let plain: Uri = "/api/v1/orders/42?expand=items"
-        .parse()
-        .unwrap_or_else(|_| panic!("uri"));
-    let dotted: Uri = "/public/%2e%2e/api//v1/./orders"
-        .parse()
-        .unwrap_or_else(|_| panic!("uri"));
+    let plain: Uri = "/api/v1/orders/42?expand=items".parse().unwrap();
+    let dotted: Uri = "/public/%2e%2e/api//v1/./orders".parse().unwrap();
     c.bench_function("normalize_path/plain", |b| {
         b.iter(|| normalize_path(black_box(&plain)))
     });
