@@ -1,6 +1,14 @@
 //! Gatehouse's integration tests: one binary (so CI links once), real servers on loopback,
 //! assertions on what a user notices — status, headers, body, and what the upstream received.
 
+// The harness is test code outside `#[test]` functions, which clippy's test exemptions miss.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test harness: a broken fixture must fail the test loudly"
+)]
+
 mod support;
 
 mod cli;
