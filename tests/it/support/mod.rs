@@ -187,6 +187,7 @@ pub fn spawn_and_wait(
             Ok(_) => {}
             Err(_) => {
                 let _ = child.kill();
+                let _ = child.wait();
                 let lines = output.lock().unwrap().join("\n");
                 panic!("process did not print {marker:?} in time; output:\n{lines}");
             }
