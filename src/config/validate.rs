@@ -116,7 +116,7 @@ pub fn load_str(
                 problems: vec![Problem {
                     location: Location::File { file, line, column },
                     path: String::new(),
-                    reason: e.message().trim().to_owned(),
+                    reason: e.message().trim().replace('\n', "; "),
                 }],
             });
         }
@@ -345,6 +345,18 @@ impl Ctx<'_> {
     }
 
     fn problem(&mut self, path: &KeyPath, reason: impl Into<String>) {
+        let shown = path.to_string();
+        // A key already reported (say, of the wrong type, and so removed) must not be
+        // reported again as missing, nor its contents as wrong.
+        let covered = self.problems.iter().any(|p| {
+            !p.path.is_empty()
+                && shown
+                    .strip_prefix(p.path.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        });
+        if covered {
+            return;
+        }
         let location = self.locate(path);
         self.problems.push(Problem {
             location,
@@ -1125,6 +1137,7 @@ mod tests {
     fn syntax_error_is_one_problem() {
         let p = problems("[server\n");
         assert_eq!(p.len(), 1);
+        assert!(!p[0].contains('\n'), "{}", p[0]);
         assert!(p[0].starts_with("gatehouse.toml:1:"), "{}", p[0]);
     }
 
@@ -1160,6 +1173,24 @@ name = \"b\"
         for (got, want) in p.iter().zip(expected) {
             assert!(got.starts_with(want), "{got}\n does not start with\n{want}");
         }
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_type_is_not_also_missing() {
+        let p = problems("upstreams = \"app\"\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("gatehouse.toml:1:13: upstreams: invalid type"),
+            "{}",
+            p[0]
+        );
+        let p = problems("[[upstreams]]\nurl = 8080\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("gatehouse.toml:2:7: upstreams[0].url: invalid type: integer"),
+            "{}",
+            p[0]
+        );
     }
 
     #[test]
@@ -1340,25 +1371,31 @@ name = \"b\"
         );
         assert!(ctx.problems.is_empty());
 
+        // Each call below is judged alone: take its problem out before the next one.
+        let mut seen = Vec::new();
         assert!(
             ctx.secret_or_file(&t, "client_secret", Some("v".into()), fs, true)
                 .is_none()
         );
+        seen.append(&mut ctx.problems);
         assert!(
             ctx.secret_or_file(&t, "client_secret", None, None, true)
                 .is_none()
         );
+        seen.append(&mut ctx.problems);
         let es = Some(empty.display().to_string());
         assert!(
             ctx.secret_or_file(&t, "client_secret", None, es, true)
                 .is_none()
         );
+        seen.append(&mut ctx.problems);
         let ms = Some(dir.join("missing").display().to_string());
         assert!(
             ctx.secret_or_file(&t, "client_secret", None, ms, true)
                 .is_none()
         );
-        let p: Vec<String> = ctx.problems.iter().map(ToString::to_string).collect();
+        seen.append(&mut ctx.problems);
+        let p: Vec<String> = seen.iter().map(ToString::to_string).collect();
         assert_eq!(p.len(), 4, "{p:#?}");
         assert_eq!(
             p[0],
