@@ -58,12 +58,19 @@ pub struct Server {
 impl Server {
     /// Builds the gateway from `config` and binds its listener.
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
-        let config = Arc::new(config);
-        let gateway = Arc::new(Gateway::new(config.clone())?);
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
+        Self::from_listener(config, listener)
+    }
+
+    /// Builds the gateway on a listener the caller already bound (the demo binds first so its
+    /// provider knows the gateway's real address before the configuration exists).
+    pub fn from_listener(config: Config, listener: TcpListener) -> Result<Self, ServeError> {
+        let config = Arc::new(config);
+        let gateway = Arc::new(Gateway::new(config.clone())?);
+        let addr = config.server.listen;
         let local_addr = listener
             .local_addr()
             .map_err(|source| ServeError::Bind { addr, source })?;
