@@ -100,7 +100,7 @@ mod tests {
     #[test]
     fn every_error_maps_to_its_status() {
         assert_eq!(
-            status(RejectReason::AmbiguousLength.into()),
+            status(RejectReason::MissingHost.into()),
             StatusCode::BAD_REQUEST
         );
         assert_eq!(

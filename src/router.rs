@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::HOST;
 use http::{HeaderMap, Uri};
 
 use crate::config::Config;
@@ -14,10 +14,6 @@ use crate::config::Config;
 /// Why a request was refused before routing. Each is a 400 (or 431) answered by `error.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RejectReason {
-    #[error("both Content-Length and Transfer-Encoding")]
-    AmbiguousLength,
-    #[error("more than one Content-Length")]
-    DuplicateContentLength,
     #[error("more than one Host")]
     DuplicateHost,
     #[error("missing Host")]
@@ -79,15 +75,12 @@ impl Router {
     }
 
     /// Refuses what could be read two ways by the gateway and the app behind it. hyper already
-    /// rejects invalid header bytes and differing duplicate lengths; these are the cases it
-    /// accepts but a proxy must not pass on.
+    /// rejects invalid header bytes, differing duplicate lengths (equal ones it folds into one) and
+    /// non-chunked
+    /// `Transfer-Encoding`, and resolves `Content-Length` + `Transfer-Encoding` by RFC 9112
+    /// §6.1 (chunked wins, the length is dropped, the connection closes after the answer);
+    /// these are the cases it accepts but a proxy must not pass on.
     pub fn check_framing(&self, uri: &Uri, headers: &HeaderMap) -> Result<(), RejectReason> {
-        if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
-            return Err(RejectReason::AmbiguousLength);
-        }
-        if headers.get_all(CONTENT_LENGTH).iter().nth(1).is_some() {
-            return Err(RejectReason::DuplicateContentLength);
-        }
         if headers.get_all(HOST).iter().nth(1).is_some() {
             return Err(RejectReason::DuplicateHost);
         }

@@ -307,13 +307,13 @@ fn client_tls(
         };
         builder.with_root_certificates(roots)
     };
-    let mut tls = match &config.tls_client_cert {
+    // ALPN stays empty: the connector builder sets it from `enable_http1` (and panics if set).
+    let tls = match &config.tls_client_cert {
         Some(pair) => builder
             .with_client_auth_cert(pair.cert_chain.clone(), pair.key.expose().clone_key())
             .map_err(|e| fail(format!("client certificate: {e}")))?,
         None => builder.with_no_client_auth(),
     };
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tls)
 }
 
