@@ -23,7 +23,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use url::Url;
 
 pub use secret::Secret;
-pub use validate::{ConfigError, Problem, load_file, load_str, render_effective};
+pub use validate::{ConfigError, Location, Problem, load_file, load_str, render_effective};
 
 /// The whole validated configuration. Cheap to share behind an `Arc`.
 #[derive(Debug, Clone)]
