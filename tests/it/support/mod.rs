@@ -275,3 +275,35 @@ pub fn rss_kib(pid: u32) -> u64 {
 pub fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
+
+impl Gateway {
+    /// Like [`Gateway::start`], but the process runs with at most `max_fds` open file
+    /// descriptors (`ulimit -n` in a shell that then `exec`s the binary, so the pid is the
+    /// gateway's).
+    pub fn start_with_fd_limit(config: &str, max_fds: u32) -> Self {
+        let dir = TempDir::new("gw-fds");
+        let config = if config.contains("listen") {
+            config.to_owned()
+        } else if config.contains("[server]") {
+            config.replacen("[server]", "[server]\nlisten = \"127.0.0.1:0\"", 1)
+        } else {
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n{config}")
+        };
+        let path = dir.write("gatehouse.toml", &config);
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {max_fds} && exec \"$0\" \"$@\""))
+            .arg(BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(&path);
+        cmd.env("RUST_LOG", "info");
+        let (child, addr, output) = spawn_and_wait(cmd, "gatehouse listening", parse_address);
+        Self {
+            child,
+            addr,
+            output,
+            _dir: dir,
+        }
+    }
+}
