@@ -58,6 +58,10 @@ pub struct ServerConfig {
     pub max_headers: usize,
     /// `[server] http2`, default true: h2 via ALPN on TLS and h2c prior knowledge.
     pub http2: bool,
+    /// `[server] workers`, default 0 = one per CPU core: threads each running their own
+    /// event loop, listener (`SO_REUSEPORT`) and upstream pools, so a request never crosses
+    /// threads.
+    pub workers: usize,
     /// `[server] trusted_proxies`: CIDRs whose `X-Forwarded-*` are kept; default none.
     pub trusted_proxies: Vec<IpNet>,
 }

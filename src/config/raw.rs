@@ -27,6 +27,7 @@ pub struct RawServer {
     pub max_header_bytes: Option<i64>,
     pub max_headers: Option<i64>,
     pub http2: Option<bool>,
+    pub workers: Option<i64>,
     pub trusted_proxies: Option<Vec<String>>,
     pub tls: Option<RawTls>,
 }

@@ -491,6 +491,7 @@ impl Ctx<'_> {
             1024..=1_048_576,
         );
         let max_headers = self.int_in(&p.key("max_headers"), raw.max_headers, 100, 1..=1000);
+        let workers = self.int_in(&p.key("workers"), raw.workers, 0, 0..=1024);
         let mut trusted_proxies = Vec::new();
         for (i, s) in raw
             .trusted_proxies
@@ -520,6 +521,7 @@ impl Ctx<'_> {
             max_header_bytes,
             max_headers,
             http2: raw.http2.unwrap_or(true),
+            workers,
             trusted_proxies,
         }
     }
@@ -930,6 +932,7 @@ pub fn render_effective(config: &Config) -> String {
     server["max_header_bytes"] = value(i64::try_from(s.max_header_bytes).unwrap_or(i64::MAX));
     server["max_headers"] = value(i64::try_from(s.max_headers).unwrap_or(i64::MAX));
     server["http2"] = value(s.http2);
+    server["workers"] = value(i64::try_from(s.workers).unwrap_or(i64::MAX));
     server["trusted_proxies"] = value(str_array(
         s.trusted_proxies.iter().map(ToString::to_string).collect(),
     ));

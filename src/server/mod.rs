@@ -19,7 +19,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, TlsConfig};
@@ -45,44 +46,85 @@ pub enum ServeError {
     Gateway(#[from] crate::gateway::BuildError),
 }
 
-/// A bound, not yet serving, gateway listener. Binding first lets callers learn the address
-/// (port 0 in tests, the demo banner) before any request arrives.
+/// A bound, not yet serving, gateway. Binding first lets callers learn the address (port 0 in
+/// tests, the demo banner) before any request arrives.
+///
+/// The gateway runs thread-per-core, like nginx's workers: each worker thread has its own
+/// single-threaded event loop, its own listening socket (`SO_REUSEPORT`, so the kernel spreads
+/// connections) and its own [`Gateway`] with its own upstream connection pools. A request and its
+/// upstream exchange stay on one thread; cross-thread wake-ups were most of the CPU a
+/// work-stealing runtime spent per proxied request (profiled with `perf`, see the README).
 pub struct Server {
-    listener: TcpListener,
+    workers: Vec<Worker>,
     local_addr: SocketAddr,
     tls: Option<TlsAcceptor>,
-    gateway: Arc<Gateway>,
     config: Arc<Config>,
 }
 
+struct Worker {
+    listener: std::net::TcpListener,
+    gateway: Gateway,
+}
+
 impl Server {
-    /// Builds the gateway from `config` and binds its listener.
+    /// Builds the gateway from `config` and binds one listening socket per worker.
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
+        let count = worker_count(&config);
         let addr = config.server.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Bind { addr, source })?;
-        Self::from_listener(config, listener)
+        let bind_err = |source| ServeError::Bind { addr, source };
+        // A plain bind first: with SO_REUSEPORT alone, a second gatehouse started on the same
+        // port would silently share it instead of failing with "address in use".
+        let probe = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+        let local_addr = probe.local_addr().map_err(bind_err)?;
+        if count == 1 {
+            return Self::with_listeners(config, vec![probe], local_addr);
+        }
+        drop(probe);
+        let listeners = (0..count)
+            .map(|_| reuseport_listener(local_addr))
+            .collect::<Result<_, _>>()?;
+        Self::with_listeners(config, listeners, local_addr)
     }
 
     /// Builds the gateway on a listener the caller already bound (the demo binds first so its
-    /// provider knows the gateway's real address before the configuration exists).
+    /// provider knows the gateway's real address before the configuration exists). Workers
+    /// share that one socket.
     pub fn from_listener(config: Config, listener: TcpListener) -> Result<Self, ServeError> {
-        let config = Arc::new(config);
-        let gateway = Arc::new(Gateway::new(config.clone())?);
         let addr = config.server.listen;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| ServeError::Bind { addr, source })?;
+        let bind_err = |source| ServeError::Bind { addr, source };
+        let local_addr = listener.local_addr().map_err(bind_err)?;
+        let first = listener.into_std().map_err(bind_err)?;
+        let mut listeners = Vec::new();
+        for _ in 1..worker_count(&config) {
+            listeners.push(first.try_clone().map_err(bind_err)?);
+        }
+        listeners.push(first);
+        Self::with_listeners(config, listeners, local_addr)
+    }
+
+    fn with_listeners(
+        config: Config,
+        listeners: Vec<std::net::TcpListener>,
+        local_addr: SocketAddr,
+    ) -> Result<Self, ServeError> {
+        let config = Arc::new(config);
         let tls = match &config.server.tls {
             Some(tls) => Some(tls_acceptor(tls, config.server.http2)?),
             None => None,
         };
+        let workers = listeners
+            .into_iter()
+            .map(|listener| {
+                Ok(Worker {
+                    listener,
+                    gateway: Gateway::new(config.clone())?,
+                })
+            })
+            .collect::<Result<_, ServeError>>()?;
         Ok(Self {
-            listener,
+            workers,
             local_addr,
             tls,
-            gateway,
             config,
         })
     }
@@ -91,19 +133,69 @@ impl Server {
         self.local_addr
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
-    /// for up to `server.shutdown_timeout`, and returns.
+    /// Serves until `shutdown` completes, then every worker stops accepting, lets in-flight
+    /// requests finish for up to `server.shutdown_timeout`, and this returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let builder = Arc::new(http_builder(&self.config));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut finished = Vec::new();
+        for (n, worker) in self.workers.into_iter().enumerate() {
+            let (done_tx, done_rx) = oneshot::channel::<()>();
+            let stop = stop_rx.clone();
+            let tls = self.tls.clone();
+            let config = self.config.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("gatehouse-worker-{n}"))
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime.block_on(worker.serve(tls, &config, stop)),
+                        Err(err) => tracing::error!(error = %err, "worker {n} could not start"),
+                    }
+                    let _ = done_tx.send(());
+                });
+            match spawned {
+                Ok(_) => finished.push(done_rx),
+                Err(err) => tracing::error!(error = %err, "worker {n} could not start"),
+            }
+        }
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        for done in finished {
+            let _ = done.await;
+        }
+    }
+}
+
+impl Worker {
+    async fn serve(
+        self,
+        tls: Option<TlsAcceptor>,
+        config: &Config,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let listener = match self
+            .listener
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(self.listener))
+        {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::error!(error = %err, "worker cannot use its listening socket");
+                return;
+            }
+        };
+        let gateway = Arc::new(self.gateway);
+        let builder = Arc::new(http_builder(config));
         let graceful = GracefulShutdown::new();
-        let scheme_https = self.tls.is_some();
-        let handshake_timeout = self.config.server.header_read_timeout;
-        tokio::pin!(shutdown);
+        let scheme_https = tls.is_some();
+        let handshake_timeout = config.server.header_read_timeout;
         loop {
             let (stream, peer) = tokio::select! {
                 biased;
-                () = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
+                _ = stop.wait_for(|stop| *stop) => break,
+                accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
                     Err(err) => {
                         survive_accept_error(&err).await;
@@ -115,13 +207,13 @@ impl Server {
                 peer,
                 tls: scheme_https,
             };
-            let gateway = self.gateway.clone();
+            let gateway = gateway.clone();
             let service = service_fn(move |req: Request<Incoming>| {
                 let gateway = gateway.clone();
                 async move { Ok::<_, Infallible>(gateway.handle(req, conn).await) }
             });
             let _ = stream.set_nodelay(true);
-            match &self.tls {
+            match &tls {
                 None => {
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -162,8 +254,8 @@ impl Server {
                 }
             }
         }
-        drop(self.listener);
-        let deadline = self.config.server.shutdown_timeout;
+        drop(listener);
+        let deadline = config.server.shutdown_timeout;
         tracing::info!(
             deadline_secs = deadline.as_secs_f64(),
             "stopped accepting; draining in-flight requests"
@@ -175,6 +267,31 @@ impl Server {
             tracing::warn!("shutdown deadline reached with requests still in flight");
         }
     }
+}
+
+fn worker_count(config: &Config) -> usize {
+    match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    }
+}
+
+/// A listening socket that other workers can bind to as well, so the kernel balances new
+/// connections between them.
+fn reuseport_listener(addr: SocketAddr) -> Result<std::net::TcpListener, ServeError> {
+    let bind_err = |source| ServeError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(bind_err)?;
+    socket.set_reuseaddr(true).map_err(bind_err)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true).map_err(bind_err)?;
+    socket.bind(addr).map_err(bind_err)?;
+    let listener = socket.listen(1024).map_err(bind_err)?;
+    listener.into_std().map_err(bind_err)
 }
 
 /// One HTTP builder for every connection: the limits of rule 20 live here.

@@ -197,3 +197,19 @@ async fn demo_serves_its_echo_page_through_the_gateway() {
     assert_eq!(discovery.status, 200);
     assert_eq!(discovery.json()["issuer"], issuer.as_str());
 }
+
+#[test]
+fn a_second_gateway_on_a_port_in_use_fails_to_start() {
+    let first = support::Gateway::start("[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n");
+    let dir = TempDir::new("cli-port");
+    let path = dir.write(
+        "second.toml",
+        &format!(
+            "[server]\nlisten = \"{}\"\n\n[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n",
+            first.addr
+        ),
+    );
+    let out = gatehouse(&["run", "--config", path.to_str().unwrap()], &[]);
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("cannot listen"), "{}", out.stderr);
+}
