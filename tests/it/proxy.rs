@@ -431,7 +431,11 @@ async fn upstream_down_answers_502_quickly_with_a_request_id() {
     assert!(started.elapsed() < Duration::from_secs(5));
     let id = reply.headers["x-request-id"].to_str().unwrap().to_owned();
     assert!(reply.text().contains(&id), "{}", reply.text());
-    assert!(gw.logs().contains("upstream request failed"));
+    assert!(
+        gw.wait_for_log("upstream request failed")
+            .await
+            .contains("upstream request failed")
+    );
 }
 
 #[tokio::test]
@@ -545,12 +549,7 @@ async fn the_access_log_has_one_line_per_request_and_no_secrets() {
     )
     .await;
     let id = reply.headers["x-request-id"].to_str().unwrap().to_owned();
-    // The event is written right after the response head; give the pipe a moment.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !gw.logs().contains(&id) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let logs = gw.logs();
+    let logs = gw.wait_for_log(&id).await;
     let line = logs
         .lines()
         .find(|l| l.contains(&id))

@@ -598,11 +598,8 @@ async fn shutdown_deadline_cuts_off_requests_that_take_too_long() {
         "the cut-off request got a response: {:?}",
         result.map(|r| r.status())
     );
-    assert!(
-        gw.logs().contains("shutdown deadline reached"),
-        "logs:\n{}",
-        gw.logs()
-    );
+    let logs = gw.wait_for_log("shutdown deadline reached").await;
+    assert!(logs.contains("shutdown deadline reached"), "logs:\n{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,6 +105,19 @@ impl Gateway {
     pub fn logs(&self) -> String {
         self.output.lock().unwrap().join("\n")
     }
+
+    /// Waits (5 s at most) until the output has a line containing `needle`: log lines travel
+    /// through a pipe and may arrive after the response they describe.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) || Instant::now() > deadline {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Gateway {
