@@ -36,6 +36,162 @@ pub struct Config {
     /// In the order written; the router picks the longest matching prefix among those whose
     /// host matches.
     pub upstreams: Vec<UpstreamConfig>,
+    /// `[provider]`: the OpenID Connect / OAuth 2.0 provider people log in at. `None` means the
+    /// gateway authenticates nobody: every route must then be `public`.
+    pub provider: Option<ProviderConfig>,
+    /// `[session]`: required when `[provider]` is set.
+    pub session: Option<SessionConfig>,
+    /// `[authorization]`: who may pass once authenticated (every non-public route).
+    pub authorization: AuthorizationConfig,
+    /// `[[routes]]`: per-route policies, first match wins (in file order); requests no route
+    /// matches get `default_policy`.
+    pub routes: Vec<RouteConfig>,
+    /// `[authorization] default_policy`, default `Authenticated` when a provider is configured,
+    /// `Public` otherwise.
+    pub default_policy: Policy,
+}
+
+/// How the gateway authenticates itself at the provider's token endpoint.
+#[derive(Debug, Clone)]
+pub enum ClientAuth {
+    /// `client_auth = "client_secret_basic"` (default when a secret is set).
+    SecretBasic(Secret<String>),
+    /// `client_auth = "client_secret_post"`.
+    SecretPost(Secret<String>),
+    /// `client_auth = "private_key_jwt"`: `private_key_file` (PEM, RSA or EC), `private_key_alg`
+    /// (default RS256 for RSA, ES256 for EC), optional `private_key_id` (the JWT `kid`).
+    PrivateKeyJwt {
+        key_pem: Secret<Vec<u8>>,
+        alg: jsonwebtoken::Algorithm,
+        kid: Option<String>,
+    },
+    /// `client_auth = "none"` (public client; PKCE is what protects the code).
+    None,
+}
+
+/// Where the provider's endpoints come from.
+#[derive(Debug, Clone)]
+pub struct ProviderEndpoints {
+    pub authorization: Url,
+    pub token: Url,
+    pub userinfo: Option<Url>,
+    pub jwks: Option<Url>,
+    pub end_session: Option<Url>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// `issuer`: exact issuer identifier; discovery at `<issuer>/.well-known/openid-configuration`.
+    pub issuer: Url,
+    /// Set when `authorization_endpoint` and `token_endpoint` (and optionally
+    /// `userinfo_endpoint`, `jwks_uri`, `end_session_endpoint`) are given: no discovery (plain
+    /// OAuth 2.0 providers). Then identity comes from userinfo unless an ID token is returned.
+    pub endpoints: Option<ProviderEndpoints>,
+    pub client_id: String,
+    /// `client_secret` / `client_secret_file`, `client_auth`, `private_key_*`.
+    pub client_auth: ClientAuth,
+    /// `scopes`, default `["openid", "email", "profile"]`.
+    pub scopes: Vec<String>,
+    /// `[provider.extra_auth_params]`: added to the authorization request (e.g. `prompt`,
+    /// `acr_values`, `audience`, `resource`); the protocol's own parameters cannot be set here.
+    pub extra_auth_params: Vec<(String, String)>,
+    /// `id_token_algorithms`, default `["RS256", "ES256", "PS256", "EdDSA"]`; never `none`;
+    /// HMAC (`HS*`) only with `client_secret` set.
+    pub id_token_algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// `userinfo`, default false with an ID token, always true without: call userinfo after
+    /// login and merge its claims.
+    pub use_userinfo: bool,
+    /// `timeout`, default 10 s: each outbound call to the provider.
+    pub timeout: Duration,
+    /// `discovery_refresh`, default 1 h: how often discovery and JWKS are fetched again.
+    pub discovery_refresh: Duration,
+    /// `clock_leeway`, default 60 s (at most 5 min): for `exp`, `iat`, `nbf`.
+    pub clock_leeway: Duration,
+    /// `redirect_url`, default `<server.public_url><proxy_prefix>/callback`.
+    pub redirect_url: Url,
+    /// `post_logout_redirect_url`, default `<server.public_url>/`: sent on RP-initiated logout.
+    pub post_logout_redirect_url: Url,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// `secret` / `secret_file` or `secrets` / `secrets_file` (one per line): base64 of at least
+    /// 32 random bytes each; the first seals new cookies, all of them open (rotation).
+    pub secrets: Vec<Secret<Vec<u8>>>,
+    /// `cookie_name`, default `"_gatehouse"`; `__Host-` is prefixed when the public URL is https
+    /// (and `cookie_domain` is unset), so the effective name is in `SessionConfig::cookie_name`.
+    pub cookie_name: String,
+    /// `cookie_domain`, default none (host-only cookie).
+    pub cookie_domain: Option<String>,
+    /// Derived from `server.public_url`: https → `Secure`.
+    pub cookie_secure: bool,
+    /// `cookie_samesite`, default `"lax"`.
+    pub same_site: SameSite,
+    /// `lifetime`, default 12 h: absolute, from login.
+    pub lifetime: Duration,
+    /// `idle_timeout`, default 1 h: since the last request.
+    pub idle_timeout: Duration,
+    /// `login_timeout`, default 10 min: how long a started login may take.
+    pub login_timeout: Duration,
+    /// `max_logins`, default 5: concurrent pending logins (tabs) per browser; the oldest is
+    /// dropped.
+    pub max_logins: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizationConfig {
+    /// `allowed_email_domains`: exact domains, or `.example.com` for any subdomain (matched on
+    /// a `.` boundary); `"*"` for any. Default: any (when the list is empty).
+    pub allowed_email_domains: Vec<String>,
+    /// `allowed_emails` plus the lines of `allowed_emails_file`, lowercased.
+    pub allowed_emails: Vec<String>,
+    /// `require_email_verified`, default true (when an email rule is configured).
+    pub require_email_verified: bool,
+    /// `groups_claim`, default `"groups"`: a claim name or dotted path (`realm_access.roles`).
+    pub groups_claim: Vec<String>,
+    /// `allowed_groups`: at least one of them is required on every non-public route; empty =
+    /// any group.
+    pub allowed_groups: Vec<String>,
+}
+
+/// What a route demands of a caller.
+#[derive(Debug, Clone)]
+pub enum Policy {
+    /// `policy = "public"`: no authentication; identity headers are still stripped.
+    Public,
+    /// `policy = "authenticated"`: any authenticated caller the `[authorization]` rules allow.
+    Authenticated,
+    /// `groups = [...]` (any of) and/or `claims = { path = value or [values] }` (all of), on top
+    /// of the `[authorization]` rules.
+    Require {
+        groups: Vec<String>,
+        claims: Vec<(Vec<String>, Vec<serde_json::Value>)>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// `methods`, default any.
+    pub methods: Vec<http::Method>,
+    /// `host`, default any (lowercase, no port).
+    pub host: Option<String>,
+    /// `path_prefix` (segment-boundary match, like upstreams) or `path_regex` (anchored at the
+    /// start; matched against the normalised path); exactly one of them.
+    pub path: RoutePath,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone)]
+pub enum RoutePath {
+    Prefix(String),
+    Regex(regex::Regex),
 }
 
 #[derive(Debug, Clone)]

@@ -19,8 +19,8 @@ use url::Url;
 
 use super::raw::{RawConfig, RawHeaders, RawLog, RawServer, RawTls, RawUpstream};
 use super::{
-    Config, HeadersConfig, LogConfig, LogFormat, Secret, ServerConfig, TlsConfig, UpstreamConfig,
-    env,
+    AuthorizationConfig, Config, HeadersConfig, LogConfig, LogFormat, Policy, Secret, ServerConfig,
+    TlsConfig, UpstreamConfig, env,
 };
 
 /// Every problem found in one configuration; `Display` prints one line per problem.
@@ -415,6 +415,13 @@ impl Ctx<'_> {
             log,
             headers,
             upstreams,
+            // The login sections arrive with their own keys; until then nobody is
+            // authenticated and every route is public.
+            provider: None,
+            session: None,
+            authorization: AuthorizationConfig::default(),
+            routes: Vec::new(),
+            default_policy: Policy::Public,
         }
     }
 
