@@ -26,6 +26,8 @@ pub struct RequestCtx {
     /// Name of the upstream chosen, or the built-in endpoint answering.
     pub route: &'static str,
     pub upstream: Option<String>,
+    /// The authenticated user (subject), once known.
+    pub user: Option<String>,
     pub started: Instant,
     pub upstream_latency: Option<Duration>,
 }
@@ -39,6 +41,7 @@ impl RequestCtx {
             path: String::new(),
             route: "-",
             upstream: None,
+            user: None,
             started: Instant::now(),
             upstream_latency: None,
         }

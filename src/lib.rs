@@ -15,6 +15,7 @@
 //!
 //! [`config`] runs before all of it; [`error`] maps every failure to an HTTP answer in one place.
 
+pub mod authz;
 pub mod body;
 pub mod cli;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod demo;
 pub mod endpoints;
 pub mod error;
 pub mod gateway;
+pub mod identity;
 pub mod proxy;
 pub mod router;
 pub mod server;

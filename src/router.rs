@@ -117,7 +117,7 @@ impl Router {
 
 /// `path` is `prefix` itself or lies below it on a segment boundary: `/api` covers `/api` and
 /// `/api/x` but not `/apix`.
-fn under_prefix(path: &str, prefix: &str) -> bool {
+pub(crate) fn under_prefix(path: &str, prefix: &str) -> bool {
     match path.strip_prefix(prefix) {
         Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
         None => false,

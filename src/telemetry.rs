@@ -39,6 +39,7 @@ pub fn access(ctx: &RequestCtx, status: StatusCode) {
         path = %ctx.path,
         route = ctx.route,
         upstream = ctx.upstream.as_deref().unwrap_or("-"),
+        user = ctx.user.as_deref().unwrap_or("-"),
         status = status.as_u16(),
         latency_ms,
         upstream_ms,

@@ -102,6 +102,9 @@ impl Proxy {
         mut req: Request<Incoming>,
         client_host: HeaderValue,
         ctx: &mut RequestCtx,
+        // Runs after the gateway's header hygiene, so what it adds (identity headers) can
+        // never be removed by what the client sent.
+        edit: impl FnOnce(&mut http::HeaderMap),
     ) -> Result<Response<Body>, ProxyError> {
         let Some(upstream) = self.upstreams.get(index) else {
             // The router only hands out indices of configured upstreams.
@@ -128,6 +131,7 @@ impl Proxy {
                 upgrade,
             },
         );
+        edit(&mut parts.headers);
         parts.uri = upstream.uri(&ctx.path, parts.uri.query())?;
         // The upstream leg is always HTTP/1.1, whatever the client spoke to us.
         parts.version = Version::HTTP_11;

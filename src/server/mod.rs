@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, TlsConfig};
 use crate::context::ConnInfo;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Shared};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +108,7 @@ impl Server {
         local_addr: SocketAddr,
     ) -> Result<Self, ServeError> {
         let config = Arc::new(config);
+        let shared = Shared::start(&config)?;
         let tls = match &config.server.tls {
             Some(tls) => Some(tls_acceptor(tls, config.server.http2)?),
             None => None,
@@ -117,7 +118,7 @@ impl Server {
             .map(|listener| {
                 Ok(Worker {
                     listener,
-                    gateway: Gateway::new(config.clone())?,
+                    gateway: Gateway::new(config.clone(), &shared)?,
                 })
             })
             .collect::<Result<_, ServeError>>()?;

@@ -1,0 +1,587 @@
+//! The browser login flow (authorization code + PKCE, OpenID Connect Core §3.1): `/oauth2/start`
+//! sends a person to the provider, `/oauth2/callback` brings them back with a fresh session,
+//! `/oauth2/sign_out` ends it (and the provider's, when it supports RP-initiated logout), and
+//! `/oauth2/userinfo` shows the session's identity. Provider calls go through [`Provider`];
+//! cookies through [`SessionCookies`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::SET_COOKIE;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use serde_json::{Map, Value, json};
+use url::Url;
+
+use super::pages::{self, escape};
+use super::redirect::safe_return_to;
+use crate::authz::{Authorizer, Decision, groups_at};
+use crate::body::Body;
+use crate::config::{Config, Secret};
+use crate::identity::Identity;
+use crate::oidc::{self, Provider};
+use crate::session::{Loaded, LoginState, Session, SessionCookies};
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// States already redeemed at the callback, remembered until their login could have expired:
+/// a state is single-use even when an attacker replays the browser's login cookie with it.
+/// Shared by every worker.
+#[derive(Debug, Default)]
+pub struct UsedStates {
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+impl UsedStates {
+    const MAX: usize = 100_000;
+
+    /// Records `state`; false when it was used already.
+    fn redeem(&self, state: &str, until: u64, now: u64) -> bool {
+        let Ok(mut seen) = self.seen.lock() else {
+            return false;
+        };
+        if seen.len() >= Self::MAX {
+            seen.retain(|_, expiry| *expiry > now);
+        }
+        if seen.len() >= Self::MAX {
+            // Still full of live entries: refuse rather than forget one (fail closed).
+            return false;
+        }
+        seen.insert(state.to_owned(), until).is_none()
+    }
+}
+
+/// What the login flow needs, per worker; the provider and the used-state memory are shared.
+pub struct Login {
+    provider: Arc<Provider>,
+    cookies: SessionCookies,
+    used: Arc<UsedStates>,
+    public: Url,
+    prefix: String,
+    groups_claim: Vec<String>,
+    use_userinfo: bool,
+    login_timeout: Duration,
+}
+
+/// The outcome of looking for a session on a request.
+pub enum Authn {
+    Anonymous,
+    Session {
+        identity: Identity,
+        /// Cookies to send back (the session re-sealed with a new last-seen time, or cleared).
+        set_cookies: Vec<HeaderValue>,
+    },
+}
+
+impl Login {
+    pub fn new(
+        config: &Config,
+        provider: Arc<Provider>,
+        used: Arc<UsedStates>,
+    ) -> Result<Option<Self>, crate::session::SessionError> {
+        let (Some(provider_config), Some(session)) = (&config.provider, &config.session) else {
+            return Ok(None);
+        };
+        let public = config
+            .server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| provider_config.redirect_url.clone());
+        Ok(Some(Self {
+            provider,
+            cookies: SessionCookies::new(session)?,
+            used,
+            public,
+            prefix: config.server.proxy_prefix.clone(),
+            groups_claim: config.authorization.groups_claim.clone(),
+            use_userinfo: provider_config.use_userinfo,
+            login_timeout: session.login_timeout,
+        }))
+    }
+
+    pub fn ready(&self) -> bool {
+        self.provider.ready()
+    }
+
+    /// The gateway's own cookies never reach the app (the app's do, untouched).
+    pub fn strip_cookies(&self, headers: &mut HeaderMap) {
+        self.cookies.strip_own_cookies(headers);
+    }
+
+    /// Authenticate from the session cookie. An expired session is cleared and is no session.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Authn {
+        let now = now();
+        match self.cookies.load(headers, now) {
+            Loaded::None => Authn::Anonymous,
+            Loaded::Expired => Authn::Anonymous,
+            Loaded::Valid { mut session, touch } => {
+                let mut set_cookies = Vec::new();
+                if touch {
+                    session.last_seen = now;
+                    match self.cookies.store(&session, headers) {
+                        Ok(cookies) => set_cookies = cookies,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "could not refresh the session cookie")
+                        }
+                    }
+                }
+                Authn::Session {
+                    identity: identity_of(&session),
+                    set_cookies,
+                }
+            }
+        }
+    }
+
+    /// The Set-Cookie values that end a stale session a request carried.
+    pub fn clear_stale(&self, headers: &HeaderMap) -> Vec<HeaderValue> {
+        match self.cookies.load(headers, now()) {
+            Loaded::Expired => self.cookies.clear(headers),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Starts a login that returns to `return_to` (already validated): a fresh state, nonce
+    /// and PKCE verifier sealed in a login cookie keyed by state, so several tabs can log in
+    /// at once, and a redirect to the provider.
+    pub fn start(&self, headers: &HeaderMap, return_to: &str) -> Response<Body> {
+        if !self.provider.ready() {
+            return unavailable();
+        }
+        let state = oidc::random_token(32);
+        let nonce = oidc::random_token(32);
+        let (verifier, challenge) = oidc::pkce_pair();
+        let url = match self.provider.authorization_url(&state, &nonce, &challenge) {
+            Ok(url) => url,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot build the authorization request");
+                return unavailable();
+            }
+        };
+        let login = LoginState {
+            state,
+            verifier,
+            nonce,
+            return_to: return_to.to_owned(),
+            created_at: now(),
+        };
+        let mut resp = pages::redirect(url.as_str());
+        for cookie in self.cookies.start_login(&login, headers, now()) {
+            resp.headers_mut().append(SET_COOKIE, cookie);
+        }
+        resp
+    }
+
+    /// `/oauth2/start?rd=…`
+    pub fn start_endpoint(&self, headers: &HeaderMap, query: Option<&str>) -> Response<Body> {
+        let params = match single_params(query, &["rd"]) {
+            Ok(p) => p,
+            Err(resp) => return resp,
+        };
+        let return_to = params
+            .get("rd")
+            .and_then(|rd| safe_return_to(rd, &self.public))
+            .unwrap_or_else(|| "/".to_owned());
+        self.start(headers, &return_to)
+    }
+
+    /// `/oauth2/callback`: everything the provider sends back is checked before a session
+    /// exists (rules 2–5, 30, 35).
+    pub async fn callback(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        authorizer: &Authorizer,
+    ) -> Response<Body> {
+        let params = match single_params(
+            query,
+            &["state", "code", "iss", "error", "error_description"],
+        ) {
+            Ok(p) => p,
+            Err(resp) => return resp,
+        };
+        let Some(state) = params.get("state") else {
+            return bad_login(
+                "The sign-in response had no state. Please start again.",
+                &self.prefix,
+            );
+        };
+        let now = now();
+        let (login, mut set_cookies) = self.cookies.take_login(state, headers, now);
+        let Some(login) = login else {
+            return with_cookies(
+                bad_login(
+                    "This sign-in link has expired or was already used. Please start again.",
+                    &self.prefix,
+                ),
+                set_cookies,
+            );
+        };
+        if !self
+            .used
+            .redeem(state, now + self.login_timeout.as_secs(), now)
+        {
+            return with_cookies(
+                bad_login(
+                    "This sign-in link was already used. Please start again.",
+                    &self.prefix,
+                ),
+                set_cookies,
+            );
+        }
+        if let Some(error) = params.get("error") {
+            tracing::info!(error = %error, "the provider refused the sign-in");
+            let message = format!(
+                "The identity provider did not sign you in ({}).",
+                escape(error)
+            );
+            return with_cookies(
+                pages::page(
+                    StatusCode::FORBIDDEN,
+                    "Sign-in failed",
+                    &message,
+                    Some((&format!("{}/start", self.prefix), "Try again")),
+                ),
+                set_cookies,
+            );
+        }
+        if self.provider.iss_parameter_required()
+            && params.get("iss").map(String::as_str) != Some(self.provider.issuer())
+        {
+            tracing::warn!("callback iss does not match the issuer (mix-up defence)");
+            return with_cookies(
+                bad_login(
+                    "The sign-in response came from an unexpected issuer.",
+                    &self.prefix,
+                ),
+                set_cookies,
+            );
+        }
+        let Some(code) = params.get("code") else {
+            return with_cookies(
+                bad_login("The sign-in response had no code.", &self.prefix),
+                set_cookies,
+            );
+        };
+        let tokens = match self.provider.exchange_code(code, &login.verifier).await {
+            Ok(tokens) => tokens,
+            Err(err) => {
+                tracing::warn!(error = %err, "code exchange failed");
+                return with_cookies(
+                    bad_login(
+                        "The identity provider did not accept this sign-in.",
+                        &self.prefix,
+                    ),
+                    set_cookies,
+                );
+            }
+        };
+        let mut claims = Map::new();
+        if let Some(id_token) = &tokens.id_token {
+            match self
+                .provider
+                .validate_id_token(id_token, Some(&login.nonce))
+                .await
+            {
+                Ok(valid) => claims = valid,
+                Err(reason) => {
+                    tracing::warn!(reason = %reason, "ID token rejected");
+                    return with_cookies(
+                        bad_login(
+                            "The identity provider's answer could not be verified.",
+                            &self.prefix,
+                        ),
+                        set_cookies,
+                    );
+                }
+            }
+        } else if !self.use_userinfo {
+            return with_cookies(
+                bad_login("The identity provider sent no ID token.", &self.prefix),
+                set_cookies,
+            );
+        }
+        if self.use_userinfo {
+            match self.provider.userinfo(&tokens.access_token).await {
+                Ok(info) => {
+                    let same_subject = claims
+                        .get("sub")
+                        .is_none_or(|sub| info.get("sub") == Some(sub));
+                    if !same_subject {
+                        return with_cookies(
+                            bad_login("The identity provider's answers disagree.", &self.prefix),
+                            set_cookies,
+                        );
+                    }
+                    for (k, v) in info {
+                        claims.entry(k).or_insert(v);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "userinfo failed");
+                    return with_cookies(unavailable(), set_cookies);
+                }
+            }
+        }
+        let Some(session) = session_from(&claims, &tokens, &self.groups_claim, now) else {
+            return with_cookies(
+                bad_login("The identity provider sent no subject.", &self.prefix),
+                set_cookies,
+            );
+        };
+        if let Decision::Deny(reason) = authorizer.admit(&identity_of(&session)) {
+            tracing::info!(user = %session.sub, reason = %reason, "sign-in refused by the authorization rules");
+            return with_cookies(forbidden_page(&reason, &self.prefix), set_cookies);
+        }
+        // A fresh session replaces whatever the browser carried (rule 30).
+        let stored = self.cookies.store(&session, headers).or_else(|_| {
+            let mut slim = session.clone();
+            slim.id_token = None;
+            self.cookies.store(&slim, headers)
+        });
+        match stored {
+            Ok(cookies) => set_cookies.extend(cookies),
+            Err(err) => {
+                tracing::warn!(error = %err, "session does not fit in cookies");
+                return with_cookies(
+                    pages::page(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Sign-in failed",
+                        "Your session is too large to store.",
+                        None,
+                    ),
+                    set_cookies,
+                );
+            }
+        }
+        tracing::info!(user = %session.sub, "signed in");
+        let return_to =
+            safe_return_to(&login.return_to, &self.public).unwrap_or_else(|| "/".to_owned());
+        with_cookies(pages::redirect(&return_to), set_cookies)
+    }
+
+    /// `/oauth2/sign_out?rd=…`: clears the session, then RP-initiated logout at the provider
+    /// when it has an end-session endpoint.
+    pub fn sign_out(&self, headers: &HeaderMap, query: Option<&str>) -> Response<Body> {
+        let params = single_params(query, &["rd"]).unwrap_or_default();
+        let id_token = match self.cookies.load(headers, now()) {
+            Loaded::Valid { session, .. } => session.id_token.map(|t| t.expose().clone()),
+            _ => None,
+        };
+        let clear = self.cookies.clear(headers);
+        let resp = match self.provider.end_session_url(id_token.as_deref(), None) {
+            Some(url) => pages::redirect(url.as_str()),
+            None => match params
+                .get("rd")
+                .and_then(|rd| safe_return_to(rd, &self.public))
+            {
+                Some(to) => pages::redirect(&to),
+                None => pages::page(
+                    StatusCode::OK,
+                    "Signed out",
+                    "You are signed out.",
+                    Some(("/", "Continue")),
+                ),
+            },
+        };
+        with_cookies(resp, clear)
+    }
+
+    /// `/oauth2/userinfo`: the session's identity as JSON, 401 without one.
+    pub fn userinfo(&self, headers: &HeaderMap) -> Response<Body> {
+        match self.authenticate(headers) {
+            Authn::Session {
+                identity,
+                set_cookies,
+            } => with_cookies(
+                pages::json(
+                    StatusCode::OK,
+                    &json!({
+                        "user": identity.user,
+                        "email": identity.email,
+                        "preferred_username": identity.preferred_username,
+                        "groups": identity.groups,
+                    }),
+                ),
+                set_cookies,
+            ),
+            Authn::Anonymous => unauthorized_json(&self.prefix),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+fn identity_of(session: &Session) -> Identity {
+    Identity {
+        user: session.sub.clone(),
+        email: session.email.clone(),
+        email_verified: session.email_verified,
+        preferred_username: session.preferred_username.clone(),
+        groups: session.groups.clone(),
+        claims: session.claims.clone(),
+        access_token: session.access_token.clone(),
+    }
+}
+
+/// Claims the session keeps for route policies: everything but the protocol's own and the
+/// ones stored in their own fields.
+const PROTOCOL_CLAIMS: [&str; 16] = [
+    "iss",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "nonce",
+    "azp",
+    "at_hash",
+    "c_hash",
+    "auth_time",
+    "jti",
+    "sid",
+    "sub",
+    "email",
+    "email_verified",
+    "preferred_username",
+];
+
+fn session_from(
+    claims: &Map<String, Value>,
+    tokens: &oidc::TokenResponse,
+    groups_claim: &[String],
+    now: u64,
+) -> Option<Session> {
+    let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+    let sub = text("sub").filter(|s| !s.is_empty())?;
+    let kept: Map<String, Value> = claims
+        .iter()
+        .filter(|(k, _)| !PROTOCOL_CLAIMS.contains(&k.as_str()) && k.as_str() != "name")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Some(Session {
+        id: oidc::random_token(16),
+        sub,
+        email: text("email"),
+        email_verified: claims
+            .get("email_verified")
+            .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true")),
+        name: text("name"),
+        preferred_username: text("preferred_username"),
+        groups: groups_at(claims, groups_claim),
+        claims: kept,
+        id_token: tokens.id_token.clone().map(Secret::new),
+        access_token: Some(tokens.access_token.clone()),
+        access_expires_at: tokens.expires_in.map(|s| now + s),
+        refresh_token: tokens.refresh_token.clone(),
+        sid: text("sid"),
+        created_at: now,
+        last_seen: now,
+    })
+}
+
+/// Parses the query, refusing any of `names` that appears more than once (rule 35: never
+/// "last one wins").
+fn single_params(
+    query: Option<&str>,
+    names: &[&str],
+) -> Result<HashMap<String, String>, Response<Body>> {
+    let mut out = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if !names.contains(&k.as_ref()) {
+            continue;
+        }
+        if out.insert(k.into_owned(), v.into_owned()).is_some() {
+            return Err(pages::page(
+                StatusCode::BAD_REQUEST,
+                "Sign-in failed",
+                "The request repeated a parameter that must appear once.",
+                None,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+pub fn with_cookies(mut resp: Response<Body>, cookies: Vec<HeaderValue>) -> Response<Body> {
+    for cookie in cookies {
+        resp.headers_mut().append(SET_COOKIE, cookie);
+    }
+    resp
+}
+
+fn bad_login(message: &str, prefix: &str) -> Response<Body> {
+    pages::page(
+        StatusCode::BAD_REQUEST,
+        "Sign-in failed",
+        message,
+        Some((&format!("{prefix}/start"), "Sign in again")),
+    )
+}
+
+pub fn forbidden_page(reason: &str, prefix: &str) -> Response<Body> {
+    pages::page(
+        StatusCode::FORBIDDEN,
+        "You are not allowed here",
+        &format!(
+            "You are signed in, but this page is not for you ({}). Ask the people who run this \
+             site for access, or sign in as someone else.",
+            escape(reason)
+        ),
+        Some((&format!("{prefix}/sign_out"), "Sign out")),
+    )
+}
+
+pub fn unauthorized_json(prefix: &str) -> Response<Body> {
+    let mut resp = pages::json(
+        StatusCode::UNAUTHORIZED,
+        &json!({
+            "error": "unauthorized",
+            "message": "sign in first",
+            "login_url": format!("{prefix}/start"),
+        }),
+    );
+    resp.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"gatehouse\""),
+    );
+    resp
+}
+
+pub fn unavailable() -> Response<Body> {
+    let mut resp = pages::page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Sign-in is unavailable",
+        "The identity provider cannot be reached right now. Please try again in a moment.",
+        None,
+    );
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_state_or_code_parameters_are_refused() {
+        assert!(single_params(Some("state=a&state=b&code=c"), &["state", "code"]).is_err());
+        assert!(single_params(Some("state=a&code=c&code=d"), &["state", "code"]).is_err());
+        let ok = single_params(Some("state=a&code=c&other=1&other=2"), &["state", "code"]).unwrap();
+        assert_eq!(ok["state"], "a");
+    }
+
+    #[test]
+    fn a_state_is_redeemed_once() {
+        let used = UsedStates::default();
+        assert!(used.redeem("s1", 100, 10));
+        assert!(!used.redeem("s1", 100, 10));
+        assert!(used.redeem("s2", 100, 10));
+    }
+}
