@@ -182,9 +182,10 @@ async fn demo_serves_its_echo_page_through_the_gateway() {
     assert!(banner.to_lowercase().contains("development"), "{banner}");
     assert!(banner.contains("grant_type=client_credentials"), "{banner}");
 
+    // The demo protects its echo app: a script without a session is told where to log in.
     let page = get(&format!("http://{addr}/hello?from=test")).await;
-    assert_eq!(page.status, 200);
-    assert!(page.text().contains("/hello?from=test"), "{}", page.text());
+    assert_eq!(page.status, 401, "{}", page.text());
+    assert_eq!(page.json()["login_url"], "/oauth2/start");
 
     // The development provider answers discovery at the issuer printed in the banner.
     let issuer = banner

@@ -12,5 +12,6 @@
 mod support;
 
 mod cli;
+mod login;
 mod proxy;
 mod transport;

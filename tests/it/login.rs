@@ -1,0 +1,363 @@
+//! Browser login through the real gateway binary and the built-in development provider (run in
+//! this process), driven over HTTP by a tiny cookie-keeping "browser": what a person would
+//! notice (redirects, pages, cookies) and what the app receives. Security tests are named after
+//! the attack.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gatehouse::demo::provider::{self, DevProvider};
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::upstream::Upstream;
+use crate::support::{Gateway, Reply, send};
+
+/// The development provider on 127.0.0.1, the app, and a gateway in front of it.
+struct World {
+    provider: Arc<DevProvider>,
+    app: Upstream,
+    gw: Gateway,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+impl World {
+    async fn start(extra: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let gw_addr = free_addr();
+        let public = format!("http://{gw_addr}");
+        let provider = Arc::new(DevProvider::new(&issuer, &public).unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(provider::serve(provider.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        let app = Upstream::start().await;
+        let config = format!(
+            "[server]\nlisten = \"{gw_addr}\"\npublic_url = \"{public}\"\n\n\
+             [provider]\nissuer = \"{issuer}\"\nclient_id = \"gatehouse\"\nclient_secret = \"{secret}\"\n\n\
+             [session]\nsecret = \"c2Vzc2lvbi1zZWNyZXQtZm9yLXRlc3RzLW9ubHktMzJieXRlcyE=\"\n\n\
+             {extra}\n\
+             [[upstreams]]\nurl = \"{app}\"\n",
+            secret = provider.gateway_client_secret().expose(),
+            app = app.url(),
+        );
+        let gw = Gateway::start(&config);
+        let world = Self {
+            provider,
+            app,
+            gw,
+            _stop: stop,
+        };
+        world.wait_ready().await;
+        world
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let reply = crate::support::get(&self.gw.url("/readyz")).await;
+            if reply.status == 200 {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "gateway never became ready");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    fn browser(&self) -> Browser {
+        Browser::default()
+    }
+}
+
+/// Keeps cookies per host:port like a browser (path and expiry simplified: `Max-Age=0` deletes).
+#[derive(Default, Clone)]
+struct Browser {
+    jars: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Browser {
+    async fn get(&mut self, url: &str) -> Reply {
+        self.request("GET", url, None).await
+    }
+
+    async fn request(&mut self, method: &str, url: &str, form: Option<String>) -> Reply {
+        let uri: http::Uri = url.parse().unwrap();
+        let host = uri.authority().unwrap().to_string();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(url)
+            .header("accept", "text/html,application/xhtml+xml")
+            .header("sec-fetch-mode", "navigate");
+        let jar = self.jars.entry(host.clone()).or_default();
+        if !jar.is_empty() {
+            let cookie = jar
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            req = req.header("cookie", cookie);
+        }
+        let body = match form {
+            Some(f) => {
+                req = req.header("content-type", "application/x-www-form-urlencoded");
+                Bytes::from(f)
+            }
+            None => Bytes::new(),
+        };
+        let reply = send(req.body(Full::new(body)).unwrap()).await;
+        for set in reply.headers.get_all("set-cookie") {
+            let set = set.to_str().unwrap();
+            let (pair, attrs) = set.split_once(';').unwrap_or((set, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            let expired = attrs.to_ascii_lowercase().contains("max-age=0");
+            if expired {
+                jar.remove(name.trim());
+            } else {
+                jar.insert(name.trim().to_owned(), value.trim().to_owned());
+            }
+        }
+        reply
+    }
+
+    fn cookies(&self, host: &str) -> BTreeMap<String, String> {
+        self.jars.get(host).cloned().unwrap_or_default()
+    }
+}
+
+fn location(reply: &Reply) -> String {
+    assert!(reply.status.is_redirection(), "expected a redirect, got {}: {}", reply.status, reply.text());
+    reply.headers["location"].to_str().unwrap().to_owned()
+}
+
+fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http") {
+        location.to_owned()
+    } else {
+        format!("{base}{location}")
+    }
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} in {html}")) + marker.len();
+    html[start..start + html[start..].find('"').unwrap()].to_owned()
+}
+
+/// Logs `user` in starting from `path`, returns the final reply (the page after login) and the
+/// callback URL that was used (for replay tests).
+async fn login(world: &World, browser: &mut Browser, path: &str, user: &str, groups: &[&str]) -> (Reply, String) {
+    let gw = world.gw.url("");
+    let to_provider = location(&browser.get(&world.gw.url(path)).await);
+    assert!(to_provider.starts_with(world.provider.issuer()), "{to_provider}");
+    assert!(to_provider.contains("code_challenge_method=S256"), "{to_provider}");
+    let form_page = browser.get(&to_provider).await;
+    assert_eq!(form_page.status, 200, "{}", form_page.text());
+    let request_id = hidden(&form_page.text(), "request_id");
+    let mut form = format!("request_id={request_id}&username={user}&email={user}%40example.com&action=login");
+    for g in groups {
+        form.push_str(&format!("&groups={g}"));
+    }
+    let back = browser
+        .request("POST", &format!("{}/authorize", world.provider.issuer()), Some(form))
+        .await;
+    let callback = location(&back);
+    assert!(callback.starts_with(&format!("{gw}/oauth2/callback")), "{callback}");
+    let landed = browser.get(&callback).await;
+    let target = absolute(&gw, &location(&landed));
+    (browser.get(&target).await, callback)
+}
+
+#[tokio::test]
+async fn a_deep_link_survives_login_and_the_app_receives_the_identity() {
+    let world = World::start("").await;
+    let mut browser = world.browser();
+    let (page, _) = login(&world, &mut browser, "/app/page?x=1&y=two", "alice", &["admins", "staff"]).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let seen = world.app.last();
+    assert_eq!(seen.target, "/app/page?x=1&y=two");
+    assert_eq!(seen.headers["x-forwarded-user"], "alice");
+    assert_eq!(seen.headers["x-forwarded-email"], "alice@example.com");
+    assert_eq!(seen.headers["x-forwarded-groups"], "admins,staff");
+    // The gateway's cookies never reach the app.
+    assert!(!seen.headers.contains_key("cookie"), "{:?}", seen.headers.get("cookie"));
+}
+
+#[tokio::test]
+async fn spoofed_identity_headers_never_override_the_session() {
+    let world = World::start("").await;
+    let mut browser = world.browser();
+    login(&world, &mut browser, "/", "bob", &[]).await;
+    let jar = browser.cookies(&world.gw.addr.to_string());
+    let cookie = jar.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+    send(
+        Request::get(world.gw.url("/x"))
+            .header("cookie", format!("{cookie}; app_pref=dark"))
+            .header("x-forwarded-user", "admin")
+            .header("x_forwarded_groups", "admins")
+            .header("x-forwarded-email", "admin@example.com")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    let seen = world.app.last();
+    assert_eq!(seen.headers["x-forwarded-user"], "bob");
+    assert_eq!(seen.headers["x-forwarded-email"], "bob@example.com");
+    assert!(!seen.headers.contains_key("x-forwarded-groups"));
+    assert_eq!(seen.headers["cookie"], "app_pref=dark");
+}
+
+#[tokio::test]
+async fn scripts_get_401_json_and_browsers_get_a_login_redirect() {
+    let world = World::start("").await;
+    let api = send(
+        Request::get(world.gw.url("/api/orders"))
+            .header("accept", "application/json")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(api.status, 401);
+    assert_eq!(api.json()["login_url"], "/oauth2/start");
+    assert!(api.headers.contains_key("www-authenticate"));
+    let xhr = send(
+        Request::get(world.gw.url("/page"))
+            .header("accept", "text/html")
+            .header("x-requested-with", "XMLHttpRequest")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(xhr.status, 401);
+    let mut browser = world.browser();
+    let nav = browser.get(&world.gw.url("/page")).await;
+    assert_eq!(nav.status, 302);
+    assert_eq!(world.app.count(), 0, "an unauthenticated request reached the app");
+}
+
+#[tokio::test]
+async fn a_replayed_callback_is_refused() {
+    let world = World::start("").await;
+    let mut browser = world.browser();
+    let before = browser.clone();
+    let (page, callback) = login(&world, &mut browser, "/", "alice", &[]).await;
+    assert_eq!(page.status, 200);
+    // The same callback again, with the login cookie the browser had before using it.
+    let mut replayer = before;
+    let _ = replayer.get(&world.gw.url("/")).await;
+    let replay = replayer.get(&callback).await;
+    assert_eq!(replay.status, 400, "{}", replay.text());
+    // And with no state at all.
+    let missing = browser.get(&world.gw.url("/oauth2/callback?code=abc")).await;
+    assert_eq!(missing.status, 400);
+    let doubled = browser
+        .get(&world.gw.url("/oauth2/callback?state=a&state=b&code=c"))
+        .await;
+    assert_eq!(doubled.status, 400);
+}
+
+#[tokio::test]
+async fn a_tampered_or_truncated_session_cookie_is_no_session() {
+    let world = World::start("").await;
+    let mut browser = world.browser();
+    login(&world, &mut browser, "/", "alice", &[]).await;
+    let host = world.gw.addr.to_string();
+    let jar = browser.cookies(&host);
+    let (name, value) = jar.iter().find(|(k, _)| !k.contains("login")).unwrap();
+    for forged in [
+        format!("{}A", &value[..value.len() - 1]),
+        value[..value.len() / 2].to_owned(),
+        String::new(),
+        "%%%".to_owned(),
+    ] {
+        let reply = send(
+            Request::get(world.gw.url("/private"))
+                .header("accept", "application/json")
+                .header("cookie", format!("{name}={forged}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(reply.status, 401, "forged cookie {forged:?}");
+    }
+    assert!(world.app.seen().iter().all(|s| s.target != "/private"));
+}
+
+#[tokio::test]
+async fn open_redirects_after_login_are_refused() {
+    let world = World::start("").await;
+    let mut browser = world.browser();
+    let start = browser
+        .get(&world.gw.url("/oauth2/start?rd=%2F%2Fevil.example%2Fphish"))
+        .await;
+    let to_provider = location(&start);
+    let form_page = browser.get(&to_provider).await;
+    let request_id = hidden(&form_page.text(), "request_id");
+    let back = browser
+        .request(
+            "POST",
+            &format!("{}/authorize", world.provider.issuer()),
+            Some(format!("request_id={request_id}&username=alice&email=alice%40example.com&action=login")),
+        )
+        .await;
+    let landed = browser.get(&location(&back)).await;
+    assert_eq!(location(&landed), "/");
+}
+
+#[tokio::test]
+async fn a_person_outside_the_required_group_gets_the_403_page_not_a_login_loop() {
+    let world = World::start("[[routes]]\npath_prefix = \"/admin\"\ngroups = [\"admins\"]\n").await;
+    let mut browser = world.browser();
+    let (page, _) = login(&world, &mut browser, "/admin/panel", "mallory", &["guests"]).await;
+    assert_eq!(page.status, 403, "{}", page.text());
+    assert!(page.text().contains("not allowed"), "{}", page.text());
+    assert!(world.app.seen().iter().all(|s| !s.target.starts_with("/admin")));
+    let (page, _) = login(&world, &mut world.browser(), "/admin/panel", "alice", &["admins"]).await;
+    assert_eq!(page.status, 200);
+}
+
+#[tokio::test]
+async fn public_routes_need_no_login_and_still_strip_identity_headers() {
+    let world = World::start("[[routes]]\npath_prefix = \"/public\"\npolicy = \"public\"\n").await;
+    let reply = send(
+        Request::get(world.gw.url("/public/hello"))
+            .header("x-forwarded-user", "admin")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert!(!world.app.last().headers.contains_key("x-forwarded-user"));
+    // Dot-segments cannot borrow the public rule.
+    let reply = send(
+        Request::get(world.gw.url("/public/../private"))
+            .header("accept", "application/json")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 401);
+}
+
+#[tokio::test]
+async fn userinfo_and_sign_out() {
+    let world = World::start("").await;
+    let mut browser = world.browser();
+    login(&world, &mut browser, "/", "alice", &["staff"]).await;
+    let info = browser.get(&world.gw.url("/oauth2/userinfo")).await;
+    assert_eq!(info.status, 200);
+    assert_eq!(info.json()["user"], "alice");
+    assert_eq!(info.json()["groups"][0], "staff");
+    let out = browser.get(&world.gw.url("/oauth2/sign_out")).await;
+    let to = location(&out);
+    assert!(to.starts_with(&format!("{}/end_session", world.provider.issuer())), "{to}");
+    assert!(to.contains("id_token_hint="), "{to}");
+    let after = browser.get(&world.gw.url("/oauth2/userinfo")).await;
+    assert_eq!(after.status, 401);
+}
