@@ -3,9 +3,9 @@
 //   GATEWAY_URL=http://127.0.0.1:PORT node tests/e2e/browser.mjs [scenario ...]
 //   PROVIDER_URL=http://127.0.0.1:PORT node tests/e2e/browser.mjs provider-smoke
 //
-// Without arguments every scenario whose environment is set runs: the gateway scenarios when
-// GATEWAY_URL is set, the provider scenarios when PROVIDER_URL is set. A scenario named on the
-// command line whose environment is missing fails.
+// Without arguments: all gateway scenarios when GATEWAY_URL is set, otherwise all provider
+// scenarios (provider-smoke, provider-two-tabs, provider-refresh) when PROVIDER_URL is set. A
+// scenario named on the command line whose environment is missing fails.
 //
 // Output: one line per scenario, `ok <name>` or `FAIL <name>: <reason>`, then the plain closing
 // line `N passed, M failed`. Exit status 0 only when nothing failed. Every page seen is written
@@ -613,9 +613,10 @@ function selected() {
     }
     return args;
   }
-  const names = Object.keys(SCENARIOS).filter(
-    (n) => (SCENARIOS[n].needs === 'gateway' && GATEWAY) || (SCENARIOS[n].needs === 'provider' && PROVIDER),
-  );
+  // With GATEWAY_URL: the gateway scenarios (PROVIDER_URL then only sharpens their checks).
+  // Without it: the provider scenarios, against PROVIDER_URL.
+  const wanted = GATEWAY ? 'gateway' : PROVIDER ? 'provider' : undefined;
+  const names = Object.keys(SCENARIOS).filter((n) => SCENARIOS[n].needs === wanted);
   if (!names.length) {
     console.error('set GATEWAY_URL (gateway scenarios) and/or PROVIDER_URL (provider scenarios)');
     process.exit(2);

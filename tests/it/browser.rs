@@ -61,7 +61,10 @@ fn tests_dir() -> PathBuf {
 /// The npm packages browser.mjs and provider.mjs import, installed by scripts/test.
 fn require_node_modules() {
     for pkg in ["oidc-provider", "playwright-core"] {
-        let manifest = tests_dir().join("node_modules").join(pkg).join("package.json");
+        let manifest = tests_dir()
+            .join("node_modules")
+            .join(pkg)
+            .join("package.json");
         assert!(
             manifest.exists(),
             "{} is missing: run scripts/test (it runs `npm ci` in tests/)",
@@ -243,7 +246,11 @@ async fn login_flows_through_the_gateway_in_a_real_browser() {
     let upstream = Upstream::start().await;
     let config = gateway_config(port, &provider.issuer, &upstream.url());
     let gateway = Gateway::start(&config);
-    assert_eq!(gateway.addr.port(), port, "the gateway listens where public_url says");
+    assert_eq!(
+        gateway.addr.port(),
+        port,
+        "the gateway listens where public_url says"
+    );
 
     let scenarios = [
         "deep-link-login",
