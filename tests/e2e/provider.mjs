@@ -1,0 +1,176 @@
+// A real OpenID Connect provider (oidc-provider 9, in-memory storage) for Gatehouse's browser
+// end-to-end tests. Loopback only.
+//
+//   PORT=0 CLIENT_SECRET=s3cret REDIRECT_URIS=http://127.0.0.1:4180/oauth2/callback \
+//     POST_LOGOUT_URIS=http://127.0.0.1:4180/ node tests/e2e/provider.mjs
+//
+// Environment (all optional):
+//   PORT              port on 127.0.0.1; 0 (default) picks a free one
+//   CLIENT_SECRET     secret of the confidential client `gatehouse` (default "gatehouse-secret")
+//   REDIRECT_URIS     comma list, for both clients (default http://127.0.0.1:4180/oauth2/callback)
+//   POST_LOGOUT_URIS  comma list, for both clients (default http://127.0.0.1:4180/)
+//   ACCESS_TTL        access token lifetime in seconds (default 300)
+//   ID_TOKEN_CLAIMS   "1" (default): the ID token carries the claims of the granted scopes
+//                     (email, name, groups…), so a relying party needs no userinfo call;
+//                     "0": oidc-provider's conformant default (ID token has `sub` only when an
+//                     access token is issued too; the rest comes from /me)
+//
+// Prints exactly one line on stdout, `oidc-provider ready <issuer>`, when it listens; everything
+// else goes to stderr. Exits 0 on SIGTERM / SIGINT.
+//
+// Clients:
+//   gatehouse         confidential, client_secret_basic, grant types authorization_code +
+//                     refresh_token, response type code
+//   gatehouse-public  public (token_endpoint_auth_method none), same URIs
+// PKCE (S256) is required for every authorization request.
+//
+// Accounts: devInteractions' login page accepts any login and any password; the login name is
+// the account id (`sub`). Claims: email <login>@example.com (verified), name, preferred_username
+// = login, groups: alice → [admins, staff], bob → [staff], mallory → [guests], others → [].
+//
+// Consent: oidc-provider's default `loadExistingGrant` is kept, so the devInteractions consent
+// page ("Continue") is shown the first time a client asks within a provider session and skipped
+// afterwards (the grant is remembered in the session). A browser script must therefore treat the
+// consent page as "click Continue if shown".
+//
+// Refresh tokens: issued only when the scope includes `offline_access` AND the authorization
+// request carries `prompt=consent` (otherwise oidc-provider silently drops offline_access). A
+// gateway that wants refresh tokens must send `scope=openid … offline_access&prompt=consent`,
+// e.g. in Gatehouse: `[provider] scopes = ["openid","email","profile","groups","offline_access"]`
+// and `[provider.extra_auth_params] prompt = "consent"` (then the consent page shows on every
+// login).
+//
+// Endpoints: discovery /.well-known/openid-configuration, /auth, /token, /me (userinfo), /jwks,
+// /token/introspection, /token/revocation, /session/end (RP-initiated logout: oidc-provider
+// always answers a browser with a confirmation form, button "Yes, sign me out").
+
+import http from 'node:http';
+import { Provider } from 'oidc-provider';
+
+const env = process.env;
+const list = (value, fallback) =>
+  (value ?? fallback)
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+
+const port = Number.parseInt(env.PORT ?? '0', 10);
+const clientSecret = env.CLIENT_SECRET || 'gatehouse-secret';
+const redirectUris = list(env.REDIRECT_URIS, 'http://127.0.0.1:4180/oauth2/callback');
+const postLogoutUris = list(env.POST_LOGOUT_URIS, 'http://127.0.0.1:4180/');
+const accessTtl = Number.parseInt(env.ACCESS_TTL ?? '300', 10);
+const idTokenClaims = (env.ID_TOKEN_CLAIMS ?? '1') !== '0';
+
+if (!Number.isInteger(port) || port < 0 || port > 65535) {
+  console.error(`provider.mjs: bad PORT ${env.PORT}`);
+  process.exit(2);
+}
+if (!Number.isInteger(accessTtl) || accessTtl <= 0) {
+  console.error(`provider.mjs: bad ACCESS_TTL ${env.ACCESS_TTL}`);
+  process.exit(2);
+}
+
+const GROUPS = {
+  alice: ['admins', 'staff'],
+  bob: ['staff'],
+  mallory: ['guests'],
+};
+
+function account(login) {
+  return {
+    accountId: login,
+    async claims(_use, _scope, _claims, _rejected) {
+      return {
+        sub: login,
+        email: `${login}@example.com`,
+        email_verified: true,
+        name: login.charAt(0).toUpperCase() + login.slice(1),
+        preferred_username: login,
+        groups: GROUPS[login] ?? [],
+      };
+    },
+  };
+}
+
+// Bind first so the issuer can name the real port, then hand requests to the provider.
+const server = http.createServer();
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(port, '127.0.0.1', resolve);
+});
+const issuer = `http://127.0.0.1:${server.address().port}`;
+
+const configuration = {
+  clients: [
+    {
+      client_id: 'gatehouse',
+      client_secret: clientSecret,
+      redirect_uris: redirectUris,
+      post_logout_redirect_uris: postLogoutUris,
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'client_secret_basic',
+    },
+    {
+      client_id: 'gatehouse-public',
+      redirect_uris: redirectUris,
+      post_logout_redirect_uris: postLogoutUris,
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'none',
+    },
+  ],
+  pkce: { required: () => true },
+  features: {
+    devInteractions: { enabled: true },
+    rpInitiatedLogout: { enabled: true },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
+    clientCredentials: { enabled: true },
+    backchannelLogout: { enabled: false },
+  },
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['name', 'preferred_username'],
+    groups: ['groups'],
+  },
+  scopes: ['openid', 'email', 'profile', 'groups', 'offline_access'],
+  conformIdTokenClaims: !idTokenClaims,
+  findAccount: async (_ctx, sub) => account(sub),
+  ttl: {
+    AccessToken: accessTtl,
+    AuthorizationCode: 60,
+    IdToken: 3600,
+    RefreshToken: 24 * 3600,
+    Interaction: 600,
+    Session: 3600,
+    Grant: 3600,
+    ClientCredentials: accessTtl,
+  },
+  cookies: {
+    // Fixed test keys: these sign the provider's own cookies (_session, _interaction…). Test
+    // values only. Note that cookies are not isolated by port: the gateway on another
+    // 127.0.0.1 port sees these cookies too (different names, so no clash).
+    keys: ['gatehouse-e2e-provider-cookie-key-1', 'gatehouse-e2e-provider-cookie-key-2'],
+  },
+};
+
+const provider = new Provider(issuer, configuration);
+provider.on('server_error', (_ctx, err) => console.error('provider server_error:', err));
+
+server.on('request', provider.callback());
+
+console.log(`oidc-provider ready ${issuer}`);
+
+let stopping = false;
+function stop(signal) {
+  if (stopping) return;
+  stopping = true;
+  console.error(`provider.mjs: ${signal}, closing`);
+  server.close(() => process.exit(0));
+  server.closeAllConnections?.();
+  setTimeout(() => process.exit(0), 2000).unref();
+}
+process.on('SIGTERM', () => stop('SIGTERM'));
+process.on('SIGINT', () => stop('SIGINT'));
