@@ -11,6 +11,7 @@
 
 mod support;
 
+mod browser;
 mod cli;
 mod login;
 mod proxy;
