@@ -26,6 +26,7 @@ pub mod gateway;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod session;
 pub mod telemetry;
 
 pub use config::Config;
