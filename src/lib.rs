@@ -28,6 +28,7 @@ pub mod identity;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod session;
 pub mod telemetry;
 
 pub use config::Config;

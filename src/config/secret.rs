@@ -4,7 +4,11 @@
 use std::fmt;
 
 /// A value that must never be printed. Read it with [`Secret::expose`], only where it is used.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Serde is transparent (the bare value) because tokens travel inside the sealed session cookie
+/// and must come back out of it; serialise a `Secret` only into something that is encrypted.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret<T>(T);
 
 impl<T> Secret<T> {
