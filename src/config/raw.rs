@@ -5,6 +5,8 @@
 //! the table that lacks it, instead of by serde as a bare "missing field". Every struct
 //! denies unknown fields so that a typo is an error, never a silently ignored setting.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -14,6 +16,10 @@ pub struct RawConfig {
     pub log: Option<RawLog>,
     pub headers: Option<RawHeaders>,
     pub upstreams: Option<Vec<RawUpstream>>,
+    pub provider: Option<RawProvider>,
+    pub session: Option<RawSession>,
+    pub authorization: Option<RawAuthorization>,
+    pub routes: Option<Vec<RawRoute>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,4 +75,74 @@ pub struct RawUpstream {
     pub tls_client_cert_file: Option<String>,
     pub tls_client_key_file: Option<String>,
     pub insecure_skip_verify: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub issuer: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<String>,
+    pub client_auth: Option<String>,
+    pub private_key_file: Option<String>,
+    pub private_key_alg: Option<String>,
+    pub private_key_id: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub extra_auth_params: Option<BTreeMap<String, String>>,
+    pub id_token_algorithms: Option<Vec<String>>,
+    pub userinfo: Option<bool>,
+    pub timeout: Option<String>,
+    pub discovery_refresh: Option<String>,
+    pub clock_leeway: Option<String>,
+    pub redirect_url: Option<String>,
+    pub post_logout_redirect_url: Option<String>,
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+    pub userinfo_endpoint: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub end_session_endpoint: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSession {
+    pub store: Option<String>,
+    pub secret: Option<String>,
+    pub secret_file: Option<String>,
+    pub secrets: Option<Vec<String>>,
+    pub secrets_file: Option<String>,
+    pub cookie_name: Option<String>,
+    pub cookie_domain: Option<String>,
+    pub cookie_samesite: Option<String>,
+    pub lifetime: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub login_timeout: Option<String>,
+    pub max_logins: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthorization {
+    pub allowed_email_domains: Option<Vec<String>>,
+    pub allowed_emails: Option<Vec<String>>,
+    pub allowed_emails_file: Option<String>,
+    pub require_email_verified: Option<bool>,
+    pub groups_claim: Option<String>,
+    pub allowed_groups: Option<Vec<String>>,
+    pub default_policy: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub methods: Option<Vec<String>>,
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub path_regex: Option<String>,
+    pub policy: Option<String>,
+    pub groups: Option<Vec<String>>,
+    /// Claim path (dotted, so quoted in TOML) → a string, boolean or number, or an array of
+    /// them; anything else is refused by validation, with its position.
+    pub claims: Option<BTreeMap<String, serde_json::Value>>,
 }

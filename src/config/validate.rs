@@ -17,10 +17,16 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use toml_edit::{Item, Table};
 use url::Url;
 
-use super::raw::{RawConfig, RawHeaders, RawLog, RawServer, RawTls, RawUpstream};
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
+
+use super::raw::{
+    RawAuthorization, RawConfig, RawHeaders, RawLog, RawProvider, RawRoute, RawServer, RawSession,
+    RawTls, RawUpstream,
+};
 use super::{
-    AuthorizationConfig, Config, HeadersConfig, LogConfig, LogFormat, Policy, Secret, ServerConfig,
-    TlsConfig, UpstreamConfig, env,
+    AuthorizationConfig, ClientAuth, Config, HeadersConfig, LogConfig, LogFormat, Policy,
+    ProviderConfig, ProviderEndpoints, RouteConfig, RoutePath, SameSite, Secret, ServerConfig,
+    SessionConfig, TlsConfig, UpstreamConfig, env,
 };
 
 /// Every problem found in one configuration; `Display` prints one line per problem.
@@ -409,19 +415,36 @@ impl Ctx<'_> {
         let log = self.log(raw.log.unwrap_or_default());
         let headers = self.headers(raw.headers.unwrap_or_default());
         let upstreams = self.upstreams(raw.upstreams);
+        // Whether `[provider]` is written, even when it has problems of its own: a broken
+        // provider must not also make every protected route a problem.
+        let has_provider = raw.provider.is_some();
+        let provider = raw.provider.and_then(|p| self.provider(p, &server));
+        let session = match raw.session {
+            Some(s) => self.session(s, &server),
+            None => {
+                if has_provider {
+                    self.problem(
+                        &KeyPath::default().key("session"),
+                        "[session] is required with [provider]",
+                    );
+                }
+                None
+            }
+        };
+        let (authorization, default_policy) =
+            self.authorization(raw.authorization.unwrap_or_default(), has_provider);
+        let routes = self.routes(raw.routes.unwrap_or_default(), has_provider);
         Config {
             source: source.map(Path::to_path_buf),
             server,
             log,
             headers,
             upstreams,
-            // The login sections arrive with their own keys; until then nobody is
-            // authenticated and every route is public.
-            provider: None,
-            session: None,
-            authorization: AuthorizationConfig::default(),
-            routes: Vec::new(),
-            default_policy: Policy::Public,
+            provider,
+            session,
+            authorization,
+            routes,
+            default_policy,
         }
     }
 
@@ -804,7 +827,6 @@ impl Ctx<'_> {
     /// A secret given either inline as `<key>` or as a path in `<key>_file` (read, trimmed),
     /// exactly one of them. `table` is the table holding both keys. Later sections
     /// (`client_secret`, cookie secrets) use this so the rule is the same everywhere.
-    #[allow(dead_code)] // first users arrive with the provider sections
     fn secret_or_file(
         &mut self,
         table: &KeyPath,
@@ -847,6 +869,1206 @@ impl Ctx<'_> {
                 None
             }
         }
+    }
+}
+
+/// `[provider]`, `[session]`, `[authorization]` and `[[routes]]`: the login sections.
+impl Ctx<'_> {
+    fn provider(&mut self, raw: RawProvider, server: &ServerConfig) -> Option<ProviderConfig> {
+        let p = KeyPath::default().key("provider");
+        let discovery = raw.authorization_endpoint.is_none() && raw.token_endpoint.is_none();
+        let no_id_token = !discovery && raw.jwks_uri.is_none();
+        let no_userinfo_endpoint = !discovery && raw.userinfo_endpoint.is_none();
+        let endpoints = self.provider_endpoints(&p, &raw);
+        let client_auth = self.client_auth(&p, &raw);
+        let issuer = match raw.issuer {
+            None => {
+                self.problem(&p.key("issuer"), "missing required key `issuer`");
+                None
+            }
+            Some(s) => self.provider_url(&p.key("issuer"), &s, false),
+        };
+        let client_id = match raw.client_id {
+            Some(id) if !id.trim().is_empty() => Some(id),
+            Some(_) => {
+                self.problem(&p.key("client_id"), "must not be empty");
+                None
+            }
+            None => {
+                self.problem(&p.key("client_id"), "missing required key `client_id`");
+                None
+            }
+        };
+        let has_secret = matches!(
+            client_auth,
+            Some(ClientAuth::SecretBasic(_) | ClientAuth::SecretPost(_))
+        );
+
+        let scopes = raw
+            .scopes
+            .unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| (*s).to_owned()).collect());
+        if scopes.is_empty() {
+            self.problem(&p.key("scopes"), "must not be empty");
+        }
+        for (i, s) in scopes.iter().enumerate() {
+            if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\') {
+                self.problem(
+                    &p.key("scopes").index(i),
+                    format!("`{s}` is not a scope (one word, no spaces or quotes)"),
+                );
+            }
+        }
+        if discovery && !scopes.is_empty() && !scopes.iter().any(|s| s == "openid") {
+            self.problem(
+                &p.key("scopes"),
+                "must include \"openid\" with OpenID Connect discovery (or set authorization_endpoint and token_endpoint for a plain OAuth 2.0 provider)",
+            );
+        }
+
+        let mut extra_auth_params = Vec::new();
+        for (k, v) in raw.extra_auth_params.unwrap_or_default() {
+            if RESERVED_AUTH_PARAMS.contains(&k.to_ascii_lowercase().as_str()) {
+                self.problem(
+                    &p.key("extra_auth_params").key(&k),
+                    format!("`{k}` is set by Gatehouse itself and cannot be overridden"),
+                );
+            } else if k.is_empty() {
+                self.problem(
+                    &p.key("extra_auth_params"),
+                    "a parameter name must not be empty",
+                );
+            } else {
+                extra_auth_params.push((k, v));
+            }
+        }
+
+        let id_token_algorithms = self.id_token_algorithms(&p, raw.id_token_algorithms, has_secret);
+
+        let use_userinfo = match raw.userinfo {
+            Some(false) if no_id_token => {
+                self.problem(
+                    &p.key("userinfo"),
+                    "cannot be false without `jwks_uri`: identity then comes from userinfo",
+                );
+                true
+            }
+            Some(v) => v,
+            None => no_id_token,
+        };
+        if use_userinfo && no_userinfo_endpoint {
+            let key = if raw.userinfo == Some(true) {
+                "userinfo"
+            } else {
+                "userinfo_endpoint"
+            };
+            self.problem(
+                &p.key(key),
+                "`userinfo_endpoint` is required: without `jwks_uri` identity comes from userinfo",
+            );
+        }
+
+        let timeout = self.duration(&p.key("timeout"), raw.timeout, Duration::from_secs(10));
+        let discovery_refresh = self.duration(
+            &p.key("discovery_refresh"),
+            raw.discovery_refresh,
+            Duration::from_secs(3600),
+        );
+        let clock_leeway = self.duration(
+            &p.key("clock_leeway"),
+            raw.clock_leeway,
+            Duration::from_secs(60),
+        );
+        if clock_leeway > Duration::from_secs(300) {
+            self.problem(
+                &p.key("clock_leeway"),
+                format!(
+                    "`{}` is more than the maximum of 5m",
+                    format_duration(clock_leeway)
+                ),
+            );
+        }
+
+        let origin = server
+            .public_url
+            .as_ref()
+            .map(|u| u.as_str().trim_end_matches('/').to_owned());
+        let redirect_url = match (raw.redirect_url, &origin) {
+            (Some(s), _) => check_http_url(&s)
+                .map_err(|reason| self.problem(&p.key("redirect_url"), reason))
+                .ok(),
+            (None, Some(o)) => Url::parse(&format!("{o}{}/callback", server.proxy_prefix)).ok(),
+            (None, None) => {
+                self.problem(
+                    &p.key("redirect_url"),
+                    "server.public_url is required with [provider] (or set provider.redirect_url)",
+                );
+                None
+            }
+        };
+        // Without a public URL, the origin of an explicit redirect URL is the one people use.
+        let origin = origin.or_else(|| {
+            redirect_url
+                .as_ref()
+                .map(|u| u.origin().ascii_serialization())
+        });
+        let post_logout_redirect_url = match (raw.post_logout_redirect_url, origin) {
+            (Some(s), _) => check_http_url(&s)
+                .map_err(|reason| self.problem(&p.key("post_logout_redirect_url"), reason))
+                .ok(),
+            (None, Some(o)) => Url::parse(&format!("{o}/")).ok(),
+            (None, None) => None,
+        };
+
+        Some(ProviderConfig {
+            issuer: issuer?,
+            endpoints: endpoints?,
+            client_id: client_id?,
+            client_auth: client_auth?,
+            scopes,
+            extra_auth_params,
+            id_token_algorithms,
+            use_userinfo,
+            timeout,
+            discovery_refresh,
+            clock_leeway,
+            redirect_url: redirect_url?,
+            post_logout_redirect_url: post_logout_redirect_url?,
+        })
+    }
+
+    /// An absolute http(s) URL at the provider: https unless the host is loopback.
+    fn provider_url(&mut self, path: &KeyPath, s: &str, allow_query: bool) -> Option<Url> {
+        let checked = if allow_query {
+            Url::parse(s).map_err(|e| e.to_string()).and_then(|u| {
+                if !matches!(u.scheme(), "http" | "https") {
+                    Err(format!("`{s}` must be an http:// or https:// URL"))
+                } else if u.host_str().is_none_or(str::is_empty) {
+                    Err(format!("`{s}` has no host"))
+                } else if u.fragment().is_some() {
+                    Err(format!("`{s}` must not have a fragment"))
+                } else {
+                    Ok(u)
+                }
+            })
+        } else {
+            check_http_url(s)
+        };
+        match checked {
+            Ok(u) if u.scheme() == "http" && !is_loopback(&u) => {
+                self.problem(
+                    path,
+                    format!(
+                        "`{s}`: https is required (http only for 127.0.0.0/8, ::1 and localhost)"
+                    ),
+                );
+                None
+            }
+            Ok(u) => Some(u),
+            Err(reason) => {
+                self.problem(path, reason);
+                None
+            }
+        }
+    }
+
+    /// `Some(None)`: discovery; `Some(Some(_))`: explicit endpoints; `None`: a problem was
+    /// reported.
+    fn provider_endpoints(
+        &mut self,
+        p: &KeyPath,
+        raw: &RawProvider,
+    ) -> Option<Option<ProviderEndpoints>> {
+        let mut ok = true;
+        let mut url = |ctx: &mut Self, key: &str, v: &Option<String>| -> Option<Url> {
+            let u = v
+                .as_deref()
+                .and_then(|s| ctx.provider_url(&p.key(key), s, true));
+            if v.is_some() && u.is_none() {
+                ok = false;
+            }
+            u
+        };
+        let authorization = url(self, "authorization_endpoint", &raw.authorization_endpoint);
+        let token = url(self, "token_endpoint", &raw.token_endpoint);
+        let userinfo = url(self, "userinfo_endpoint", &raw.userinfo_endpoint);
+        let jwks = url(self, "jwks_uri", &raw.jwks_uri);
+        let end_session = url(self, "end_session_endpoint", &raw.end_session_endpoint);
+        match (&raw.authorization_endpoint, &raw.token_endpoint) {
+            (None, None) => {
+                for (key, v) in [
+                    ("userinfo_endpoint", &raw.userinfo_endpoint),
+                    ("jwks_uri", &raw.jwks_uri),
+                    ("end_session_endpoint", &raw.end_session_endpoint),
+                ] {
+                    if v.is_some() {
+                        self.problem(
+                            &p.key(key),
+                            "only applies with authorization_endpoint and token_endpoint (otherwise discovery provides it)",
+                        );
+                        ok = false;
+                    }
+                }
+                ok.then_some(None)
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                let missing = if raw.token_endpoint.is_none() {
+                    "token_endpoint"
+                } else {
+                    "authorization_endpoint"
+                };
+                self.problem(
+                    &p.key(missing),
+                    format!("missing required key `{missing}`: set both authorization_endpoint and token_endpoint, or neither (discovery)"),
+                );
+                None
+            }
+            (Some(_), Some(_)) => {
+                if !ok {
+                    return None;
+                }
+                Some(Some(ProviderEndpoints {
+                    authorization: authorization?,
+                    token: token?,
+                    userinfo,
+                    jwks,
+                    end_session,
+                }))
+            }
+        }
+    }
+
+    fn client_auth(&mut self, p: &KeyPath, raw: &RawProvider) -> Option<ClientAuth> {
+        let key_keys = [
+            ("private_key_file", raw.private_key_file.is_some()),
+            ("private_key_alg", raw.private_key_alg.is_some()),
+            ("private_key_id", raw.private_key_id.is_some()),
+        ];
+        let has_secret = raw.client_secret.is_some() || raw.client_secret_file.is_some();
+        let method = match raw.client_auth.as_deref() {
+            None if has_secret => "client_secret_basic",
+            None => {
+                self.problem(
+                    &p.key("client_auth"),
+                    "missing `client_secret` (or `client_secret_file`); without a secret set client_auth = \"none\" or \"private_key_jwt\"",
+                );
+                return None;
+            }
+            Some(
+                m @ ("client_secret_basic" | "client_secret_post" | "private_key_jwt" | "none"),
+            ) => m,
+            Some(other) => {
+                self.problem(
+                    &p.key("client_auth"),
+                    format!("`{other}` is not one of \"client_secret_basic\", \"client_secret_post\", \"private_key_jwt\", \"none\""),
+                );
+                return None;
+            }
+        };
+        if method != "private_key_jwt" {
+            for (key, set) in key_keys {
+                if set {
+                    self.problem(
+                        &p.key(key),
+                        "only applies with client_auth = \"private_key_jwt\"",
+                    );
+                }
+            }
+        }
+        match method {
+            "client_secret_basic" | "client_secret_post" => {
+                let secret = self.secret_or_file(
+                    p,
+                    "client_secret",
+                    raw.client_secret.clone(),
+                    raw.client_secret_file.clone(),
+                    true,
+                )?;
+                Some(if method == "client_secret_post" {
+                    ClientAuth::SecretPost(secret)
+                } else {
+                    ClientAuth::SecretBasic(secret)
+                })
+            }
+            _ => {
+                if has_secret {
+                    let key = if raw.client_secret.is_some() {
+                        "client_secret"
+                    } else {
+                        "client_secret_file"
+                    };
+                    self.problem(
+                        &p.key(key),
+                        format!("is not used with client_auth = \"{method}\"; remove it"),
+                    );
+                    return None;
+                }
+                if method == "none" {
+                    Some(ClientAuth::None)
+                } else {
+                    self.private_key_jwt(p, raw)
+                }
+            }
+        }
+    }
+
+    fn private_key_jwt(&mut self, p: &KeyPath, raw: &RawProvider) -> Option<ClientAuth> {
+        let path = p.key("private_key_file");
+        let Some(file) = &raw.private_key_file else {
+            self.problem(
+                &path,
+                "missing required key `private_key_file` (client_auth = \"private_key_jwt\")",
+            );
+            return None;
+        };
+        let pem = self.read(&path, file)?;
+        let is_private = String::from_utf8_lossy(&pem).contains("PRIVATE KEY-----");
+        let family = if !is_private {
+            None
+        } else if jsonwebtoken::EncodingKey::from_rsa_pem(&pem).is_ok() {
+            Some(AlgorithmFamily::Rsa)
+        } else if jsonwebtoken::EncodingKey::from_ec_pem(&pem).is_ok() {
+            Some(AlgorithmFamily::Ec)
+        } else {
+            None
+        };
+        let Some(family) = family else {
+            self.problem(
+                &path,
+                format!("no RSA or EC private key (PEM, PKCS#8 or PKCS#1) found in {file}"),
+            );
+            return None;
+        };
+        let alg = match raw.private_key_alg.as_deref() {
+            None if family == AlgorithmFamily::Rsa => Algorithm::RS256,
+            None => Algorithm::ES256,
+            Some(s) => {
+                let path = p.key("private_key_alg");
+                match s.parse::<Algorithm>() {
+                    Ok(a) if a.family() == family => a,
+                    Ok(_) => {
+                        let kind = if family == AlgorithmFamily::Rsa {
+                            "an RSA"
+                        } else {
+                            "an EC"
+                        };
+                        self.problem(
+                            &path,
+                            format!("`{s}` does not match the key in {file}, which is {kind} key"),
+                        );
+                        return None;
+                    }
+                    Err(_) => {
+                        self.problem(
+                            &path,
+                            format!("`{s}` is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384"),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(ClientAuth::PrivateKeyJwt {
+            key_pem: Secret::new(pem),
+            alg,
+            kid: raw.private_key_id.clone(),
+        })
+    }
+
+    fn id_token_algorithms(
+        &mut self,
+        p: &KeyPath,
+        raw: Option<Vec<String>>,
+        has_secret: bool,
+    ) -> Vec<Algorithm> {
+        let path = p.key("id_token_algorithms");
+        let Some(names) = raw else {
+            return vec![
+                Algorithm::RS256,
+                Algorithm::ES256,
+                Algorithm::PS256,
+                Algorithm::EdDSA,
+            ];
+        };
+        if names.is_empty() {
+            self.problem(&path, "must not be empty");
+        }
+        let mut out = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let path = path.index(i);
+            if name.eq_ignore_ascii_case("none") {
+                self.problem(
+                    &path,
+                    "`none` is never accepted: an unsigned ID token proves nothing",
+                );
+                continue;
+            }
+            match name.parse::<Algorithm>() {
+                Ok(a) if a.family() == AlgorithmFamily::Hmac && !has_secret => self.problem(
+                    &path,
+                    format!("`{name}` needs a client secret (client_secret or client_secret_file) to verify with"),
+                ),
+                Ok(a) => {
+                    if !out.contains(&a) {
+                        out.push(a);
+                    }
+                }
+                Err(_) => self.problem(
+                    &path,
+                    format!("`{name}` is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn session(&mut self, raw: RawSession, server: &ServerConfig) -> Option<SessionConfig> {
+        let p = KeyPath::default().key("session");
+        match raw.store.as_deref() {
+            None | Some("cookie") => {}
+            Some("redis") => self.problem(
+                &p.key("store"),
+                "\"redis\" is not supported yet; use store = \"cookie\"",
+            ),
+            Some(other) => self.problem(
+                &p.key("store"),
+                format!("`{other}` is not one of \"cookie\""),
+            ),
+        }
+        let secrets = self.session_secrets(
+            &p,
+            raw.secret,
+            raw.secret_file,
+            raw.secrets,
+            raw.secrets_file,
+        );
+
+        let https = server
+            .public_url
+            .as_ref()
+            .is_some_and(|u| u.scheme() == "https");
+        let cookie_domain = raw.cookie_domain.and_then(|d| {
+            let lower = d.to_ascii_lowercase();
+            let bare = lower.trim_start_matches('.');
+            if bare.is_empty() || !bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+                self.problem(
+                    &p.key("cookie_domain"),
+                    format!("`{d}` must be a bare domain name like \"example.com\""),
+                );
+                return None;
+            }
+            if let Some(host) = server.public_url.as_ref().and_then(Url::host_str)
+                && host != bare
+                && !host.ends_with(&format!(".{bare}"))
+            {
+                self.problem(
+                    &p.key("cookie_domain"),
+                    format!("`{d}` does not contain server.public_url's host `{host}`: browsers would refuse the cookie"),
+                );
+                return None;
+            }
+            Some(lower)
+        });
+        let name = raw.cookie_name.unwrap_or_else(|| "_gatehouse".into());
+        let name_path = p.key("cookie_name");
+        let cookie_name = if name.is_empty() || !name.bytes().all(is_cookie_token_byte) {
+            self.problem(
+                &name_path,
+                format!(
+                    "`{name}` is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~ only)"
+                ),
+            );
+            None
+        } else if name.starts_with("__Host-") {
+            if !https || cookie_domain.is_some() {
+                self.problem(
+                    &name_path,
+                    "the `__Host-` prefix needs an https server.public_url and no cookie_domain; Gatehouse adds it itself when possible",
+                );
+            }
+            Some(name)
+        } else if name.starts_with("__Secure-") && !https {
+            self.problem(
+                &name_path,
+                "the `__Secure-` prefix needs an https server.public_url",
+            );
+            Some(name)
+        } else if https && cookie_domain.is_none() && !name.starts_with("__Secure-") {
+            Some(format!("__Host-{name}"))
+        } else {
+            Some(name)
+        };
+        let same_site = match raw
+            .cookie_samesite
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("lax") => SameSite::Lax,
+            Some("strict") => SameSite::Strict,
+            Some("none") => {
+                if !https {
+                    self.problem(
+                        &p.key("cookie_samesite"),
+                        "\"none\" requires an https server.public_url (browsers refuse SameSite=None without Secure)",
+                    );
+                }
+                SameSite::None
+            }
+            Some(_) => {
+                let shown = raw.cookie_samesite.unwrap_or_default();
+                self.problem(
+                    &p.key("cookie_samesite"),
+                    format!("`{shown}` is not one of \"lax\", \"strict\", \"none\""),
+                );
+                SameSite::Lax
+            }
+        };
+        let lifetime = self.duration(
+            &p.key("lifetime"),
+            raw.lifetime,
+            Duration::from_secs(12 * 3600),
+        );
+        let idle_timeout = self.duration(
+            &p.key("idle_timeout"),
+            raw.idle_timeout,
+            Duration::from_secs(3600),
+        );
+        let login_timeout = self.duration(
+            &p.key("login_timeout"),
+            raw.login_timeout,
+            Duration::from_secs(600),
+        );
+        let max_logins = self.int_in(&p.key("max_logins"), raw.max_logins, 5, 1..=20);
+        Some(SessionConfig {
+            secrets: secrets?,
+            cookie_name: cookie_name?,
+            cookie_domain,
+            cookie_secure: https,
+            same_site,
+            lifetime,
+            idle_timeout,
+            login_timeout,
+            max_logins,
+        })
+    }
+
+    /// One of `secret`, `secret_file`, `secrets`, `secrets_file`; each value base64 of at least
+    /// 32 bytes. Values are never echoed in messages.
+    fn session_secrets(
+        &mut self,
+        p: &KeyPath,
+        secret: Option<String>,
+        secret_file: Option<String>,
+        secrets: Option<Vec<String>>,
+        secrets_file: Option<String>,
+    ) -> Option<Vec<Secret<Vec<u8>>>> {
+        let given: Vec<&str> = [
+            ("secret", secret.is_some()),
+            ("secret_file", secret_file.is_some()),
+            ("secrets", secrets.is_some()),
+            ("secrets_file", secrets_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
+        if given.len() > 1 {
+            self.problem(
+                &p.key(given[1]),
+                format!("set only one of `secret`, `secret_file`, `secrets`, `secrets_file` (also set: `{}`)", given[0]),
+            );
+            return None;
+        }
+        // (key path, value, what to call it in a message)
+        let mut entries: Vec<(KeyPath, String, String)> = Vec::new();
+        if secret.is_some() || secret_file.is_some() {
+            let from_file = secret_file.is_some();
+            let s = self.secret_or_file(p, "secret", secret, secret_file, true)?;
+            let key = if from_file { "secret_file" } else { "secret" };
+            entries.push((p.key(key), s.expose().clone(), "the secret".into()));
+        } else if let Some(list) = secrets {
+            if list.is_empty() {
+                self.problem(&p.key("secrets"), "at least one secret is required");
+                return None;
+            }
+            for (i, s) in list.into_iter().enumerate() {
+                entries.push((p.key("secrets").index(i), s, "the secret".into()));
+            }
+        } else if let Some(file) = secrets_file {
+            let path = p.key("secrets_file");
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.problem(&path, format!("cannot read {file}: {e}"));
+                    return None;
+                }
+            };
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                entries.push((
+                    path.clone(),
+                    line.to_owned(),
+                    format!("line {} of {file}", n + 1),
+                ));
+            }
+            if entries.is_empty() {
+                self.problem(&path, format!("{file} holds no secret (one per line)"));
+                return None;
+            }
+        } else {
+            self.problem(
+                &p.key("secret"),
+                "missing required key `secret` (or `secret_file`, `secrets`, `secrets_file`)",
+            );
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (path, value, what) in entries {
+            match decode_base64(value.trim()) {
+                Some(bytes) if bytes.len() >= 32 => out.push(Secret::new(bytes)),
+                Some(bytes) => {
+                    ok = false;
+                    self.problem(
+                        &path,
+                        format!("{what} decodes to {} bytes; at least 32 random bytes are required (e.g. `openssl rand -base64 32`)", bytes.len()),
+                    );
+                }
+                None => {
+                    ok = false;
+                    self.problem(
+                        &path,
+                        format!("{what} is not base64 (standard or URL-safe); generate one with `openssl rand -base64 32`"),
+                    );
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn authorization(
+        &mut self,
+        raw: RawAuthorization,
+        has_provider: bool,
+    ) -> (AuthorizationConfig, Policy) {
+        let p = KeyPath::default().key("authorization");
+        let mut allowed_email_domains = Vec::new();
+        for (i, d) in raw
+            .allowed_email_domains
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let lower = d.trim().to_ascii_lowercase();
+            let bare = lower.strip_prefix('.').unwrap_or(&lower);
+            let valid = lower == "*"
+                || (!bare.is_empty()
+                    && !bare.starts_with('.')
+                    && !bare.ends_with('.')
+                    && !bare.contains("..")
+                    && bare
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
+            if valid {
+                allowed_email_domains.push(lower);
+            } else {
+                self.problem(
+                    &p.key("allowed_email_domains").index(i),
+                    format!("`{d}` is not a domain (\"example.com\", \".example.com\" for subdomains, or \"*\")"),
+                );
+            }
+        }
+        let mut allowed_emails = Vec::new();
+        for (i, e) in raw
+            .allowed_emails
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            match check_email(&e) {
+                Ok(e) => allowed_emails.push(e),
+                Err(reason) => self.problem(&p.key("allowed_emails").index(i), reason),
+            }
+        }
+        if let Some(file) = raw.allowed_emails_file {
+            let path = p.key("allowed_emails_file");
+            match std::fs::read_to_string(&file) {
+                Ok(text) => {
+                    for (n, line) in text.lines().enumerate() {
+                        let line = line.trim();
+                        if line.is_empty() || line.starts_with('#') {
+                            continue;
+                        }
+                        match check_email(line) {
+                            Ok(e) => allowed_emails.push(e),
+                            Err(reason) => {
+                                self.problem(&path, format!("line {} of {file}: {reason}", n + 1));
+                            }
+                        }
+                    }
+                }
+                Err(e) => self.problem(&path, format!("cannot read {file}: {e}")),
+            }
+        }
+        let groups_claim = match raw.groups_claim {
+            None => vec!["groups".to_owned()],
+            Some(c) => {
+                let segs: Vec<String> = c.split('.').map(str::to_owned).collect();
+                if segs.iter().any(String::is_empty) {
+                    self.problem(
+                        &p.key("groups_claim"),
+                        format!(
+                            "`{c}` is not a claim name or dotted path like \"realm_access.roles\""
+                        ),
+                    );
+                }
+                segs
+            }
+        };
+        let allowed_groups = raw.allowed_groups.unwrap_or_default();
+        for (i, g) in allowed_groups.iter().enumerate() {
+            if g.is_empty() {
+                self.problem(
+                    &p.key("allowed_groups").index(i),
+                    "a group must not be empty",
+                );
+            }
+        }
+        let default_policy = match raw.default_policy.as_deref() {
+            None if has_provider => Policy::Authenticated,
+            None | Some("public") => Policy::Public,
+            Some("authenticated") => {
+                if !has_provider {
+                    self.problem(
+                        &p.key("default_policy"),
+                        "\"authenticated\" needs a [provider] to authenticate with",
+                    );
+                }
+                Policy::Authenticated
+            }
+            Some(other) => {
+                self.problem(
+                    &p.key("default_policy"),
+                    format!("`{other}` is not one of \"public\", \"authenticated\""),
+                );
+                Policy::Public
+            }
+        };
+        let config = AuthorizationConfig {
+            allowed_email_domains,
+            allowed_emails,
+            require_email_verified: raw.require_email_verified.unwrap_or(true),
+            groups_claim,
+            allowed_groups,
+        };
+        (config, default_policy)
+    }
+
+    fn routes(&mut self, raw: Vec<RawRoute>, has_provider: bool) -> Vec<RouteConfig> {
+        let p = KeyPath::default().key("routes");
+        let mut out = Vec::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            if let Some(route) = self.route(&p.index(i), r, has_provider) {
+                out.push(route);
+            }
+        }
+        out
+    }
+
+    fn route(&mut self, p: &KeyPath, raw: RawRoute, has_provider: bool) -> Option<RouteConfig> {
+        let shown = match (&raw.path_prefix, &raw.path_regex) {
+            (Some(s), _) => format!("path_prefix = {s:?}"),
+            (None, Some(s)) => format!("path_regex = {s:?}"),
+            (None, None) => String::from("without a path"),
+        };
+        let path = match (raw.path_prefix, raw.path_regex) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    &p.key("path_regex"),
+                    "set either `path_prefix` or `path_regex`, not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.problem(
+                    &p.key("path_prefix"),
+                    "missing required key `path_prefix` (or `path_regex`)",
+                );
+                None
+            }
+            (Some(prefix), None) => {
+                if prefix.starts_with('/') {
+                    Some(RoutePath::Prefix(prefix))
+                } else {
+                    self.problem(
+                        &p.key("path_prefix"),
+                        format!("`{prefix}` must start with `/`"),
+                    );
+                    None
+                }
+            }
+            (None, Some(re)) => {
+                let anchored = if re.starts_with('^') {
+                    re.clone()
+                } else {
+                    format!("^{re}")
+                };
+                match regex::Regex::new(&anchored) {
+                    Ok(r) => Some(RoutePath::Regex(r)),
+                    Err(e) => {
+                        let reason = e.to_string().replace('\n', " ");
+                        let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+                        self.problem(
+                            &p.key("path_regex"),
+                            format!("`{re}` is not a regex: {reason}"),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let mut methods = Vec::new();
+        for (i, m) in raw.methods.unwrap_or_default().into_iter().enumerate() {
+            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(method) if !m.is_empty() => methods.push(method),
+                _ => self.problem(
+                    &p.key("methods").index(i),
+                    format!("`{m}` is not an HTTP method"),
+                ),
+            }
+        }
+        let host = raw.host.and_then(|h| {
+            let lower = h.to_ascii_lowercase();
+            if lower.is_empty() || lower.contains([':', '/', ' ']) {
+                self.problem(
+                    &p.key("host"),
+                    format!("`{h}` must be a bare host name, without port or path"),
+                );
+                None
+            } else {
+                Some(lower)
+            }
+        });
+        let groups = raw.groups;
+        if let Some(g) = &groups {
+            if g.is_empty() {
+                self.problem(
+                    &p.key("groups"),
+                    "must not be empty (omit it to allow any authenticated caller)",
+                );
+            }
+            for (i, name) in g.iter().enumerate() {
+                if name.is_empty() {
+                    self.problem(&p.key("groups").index(i), "a group must not be empty");
+                }
+            }
+        }
+        let mut claims = Vec::new();
+        if let Some(map) = &raw.claims {
+            if map.is_empty() {
+                self.problem(
+                    &p.key("claims"),
+                    "must not be empty (omit it to allow any authenticated caller)",
+                );
+            }
+            for (k, v) in map {
+                let path = p.key("claims").key(k);
+                let segs: Vec<String> = k.split('.').map(str::to_owned).collect();
+                if segs.iter().any(String::is_empty) {
+                    self.problem(&path, format!("`{k}` is not a claim name or dotted path"));
+                    continue;
+                }
+                match claim_values(v) {
+                    Some(values) => claims.push((segs, values)),
+                    None => self.problem(
+                        &path,
+                        "must be a string, boolean or number, or a non-empty array of them (quote dotted claim paths: \"realm_access.roles\" = \"admin\")",
+                    ),
+                }
+            }
+        }
+        let has_groups = groups.is_some();
+        let requires = has_groups || raw.claims.is_some();
+        let policy = match raw.policy.as_deref() {
+            Some("public") if requires => {
+                let key = if has_groups { "groups" } else { "claims" };
+                self.problem(
+                    &p.key("policy"),
+                    format!("\"public\" cannot be combined with `{key}`: remove one of them"),
+                );
+                None
+            }
+            Some("public") => Some(Policy::Public),
+            None | Some("authenticated") if requires => Some(Policy::Require {
+                groups: groups.unwrap_or_default(),
+                claims,
+            }),
+            None | Some("authenticated") => Some(Policy::Authenticated),
+            Some(other) => {
+                self.problem(
+                    &p.key("policy"),
+                    format!("`{other}` is not one of \"public\", \"authenticated\" (use `groups` or `claims` for more)"),
+                );
+                None
+            }
+        };
+        if !has_provider
+            && policy
+                .as_ref()
+                .is_some_and(|p| !matches!(p, Policy::Public))
+        {
+            let key = if raw.policy.is_none() && has_groups {
+                "groups"
+            } else if raw.policy.is_none() && raw.claims.is_some() {
+                "claims"
+            } else {
+                "policy"
+            };
+            self.problem(
+                &p.key(key),
+                format!("route {shown} requires authentication, which needs a [provider]; set policy = \"public\" or configure [provider]"),
+            );
+        }
+        Some(RouteConfig {
+            methods,
+            host,
+            path: path?,
+            policy: policy?,
+        })
+    }
+}
+
+const DEFAULT_SCOPES: [&str; 3] = ["openid", "email", "profile"];
+
+/// Authorization request parameters Gatehouse sets itself; `extra_auth_params` cannot touch
+/// them (`request` and `request_uri` could replace all of them at once, `response_mode` would
+/// change how the code comes back).
+const RESERVED_AUTH_PARAMS: [&str; 11] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+    "request",
+    "request_uri",
+    "response_mode",
+];
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// RFC 6265 `cookie-name` is an RFC 7230 token.
+fn is_cookie_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Standard or URL-safe alphabet, with or without padding.
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(s).ok())
+}
+
+/// Lowercased; exactly one `@` with something on both sides (rule 29).
+fn check_email(raw: &str) -> Result<String, String> {
+    let e = raw.trim().to_ascii_lowercase();
+    let mut parts = e.split('@');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(local), Some(domain), None)
+            if !local.is_empty()
+                && !domain.is_empty()
+                && !e.contains(|c: char| c.is_whitespace() || c.is_control()) =>
+        {
+            Ok(e)
+        }
+        _ => Err(format!(
+            "`{raw}` is not an email address (exactly one `@`, something on both sides, no spaces)"
+        )),
+    }
+}
+
+/// A claim requirement's accepted values: one scalar, or a non-empty array of scalars.
+fn claim_values(v: &serde_json::Value) -> Option<Vec<serde_json::Value>> {
+    use serde_json::Value;
+    let scalar = |v: &Value| matches!(v, Value::String(_) | Value::Bool(_) | Value::Number(_));
+    match v {
+        Value::Array(items) if !items.is_empty() && items.iter().all(scalar) => Some(items.clone()),
+        v if scalar(v) => Some(vec![v.clone()]),
+        _ => None,
+    }
+}
+
+fn algorithm_name(a: Algorithm) -> String {
+    format!("{a:?}")
+}
+
+fn policy_name(p: &Policy) -> &'static str {
+    match p {
+        Policy::Public => "public",
+        Policy::Authenticated | Policy::Require { .. } => "authenticated",
+    }
+}
+
+/// `[provider]`, `[session]` and `[authorization]` for `render_effective`: secrets and
+/// private keys only as `[redacted]`.
+fn render_login(doc: &mut toml_edit::DocumentMut, config: &Config) {
+    use toml_edit::{Array, InlineTable, value};
+    let str_array = |items: &[String]| Array::from_iter(items.iter().map(String::as_str));
+    if let Some(pc) = &config.provider {
+        let mut t = Table::new();
+        t["issuer"] = value(pc.issuer.as_str());
+        if let Some(e) = &pc.endpoints {
+            t["authorization_endpoint"] = value(e.authorization.as_str());
+            t["token_endpoint"] = value(e.token.as_str());
+            for (key, u) in [
+                ("userinfo_endpoint", &e.userinfo),
+                ("jwks_uri", &e.jwks),
+                ("end_session_endpoint", &e.end_session),
+            ] {
+                if let Some(u) = u {
+                    t[key] = value(u.as_str());
+                }
+            }
+        }
+        t["client_id"] = value(pc.client_id.as_str());
+        match &pc.client_auth {
+            ClientAuth::SecretBasic(s) | ClientAuth::SecretPost(s) => {
+                let method = if matches!(pc.client_auth, ClientAuth::SecretPost(_)) {
+                    "client_secret_post"
+                } else {
+                    "client_secret_basic"
+                };
+                t["client_auth"] = value(method);
+                t["client_secret"] = value(s.to_string());
+            }
+            ClientAuth::PrivateKeyJwt { key_pem, alg, kid } => {
+                t["client_auth"] = value("private_key_jwt");
+                let alg = toml_edit::Value::from(algorithm_name(*alg))
+                    .decorated(" ", format!("  # private key: {key_pem}"));
+                t["private_key_alg"] = Item::Value(alg);
+                if let Some(kid) = kid {
+                    t["private_key_id"] = value(kid.as_str());
+                }
+            }
+            ClientAuth::None => t["client_auth"] = value("none"),
+        }
+        t["scopes"] = value(str_array(&pc.scopes));
+        let mut params = InlineTable::new();
+        for (k, v) in &pc.extra_auth_params {
+            params.insert(k, v.as_str().into());
+        }
+        t["extra_auth_params"] = value(params);
+        let algs: Vec<String> = pc
+            .id_token_algorithms
+            .iter()
+            .map(|a| algorithm_name(*a))
+            .collect();
+        t["id_token_algorithms"] = value(str_array(&algs));
+        t["userinfo"] = value(pc.use_userinfo);
+        t["timeout"] = value(format_duration(pc.timeout));
+        t["discovery_refresh"] = value(format_duration(pc.discovery_refresh));
+        t["clock_leeway"] = value(format_duration(pc.clock_leeway));
+        t["redirect_url"] = value(pc.redirect_url.as_str());
+        t["post_logout_redirect_url"] = value(pc.post_logout_redirect_url.as_str());
+        doc["provider"] = Item::Table(t);
+    }
+    if let Some(s) = &config.session {
+        let mut t = Table::new();
+        t["store"] = value("cookie");
+        let redacted: Vec<String> = s.secrets.iter().map(ToString::to_string).collect();
+        t["secrets"] = value(str_array(&redacted));
+        t["cookie_name"] = value(s.cookie_name.as_str());
+        if let Some(d) = &s.cookie_domain {
+            t["cookie_domain"] = value(d.as_str());
+        }
+        t["cookie_samesite"] = value(match s.same_site {
+            SameSite::Lax => "lax",
+            SameSite::Strict => "strict",
+            SameSite::None => "none",
+        });
+        t["lifetime"] = value(format_duration(s.lifetime));
+        t["idle_timeout"] = value(format_duration(s.idle_timeout));
+        t["login_timeout"] = value(format_duration(s.login_timeout));
+        t["max_logins"] = value(i64::try_from(s.max_logins).unwrap_or(i64::MAX));
+        doc["session"] = Item::Table(t);
+    }
+    let a = &config.authorization;
+    let mut t = Table::new();
+    t["allowed_email_domains"] = value(str_array(&a.allowed_email_domains));
+    t["allowed_emails"] = value(str_array(&a.allowed_emails));
+    t["require_email_verified"] = value(a.require_email_verified);
+    t["groups_claim"] = value(a.groups_claim.join("."));
+    t["allowed_groups"] = value(str_array(&a.allowed_groups));
+    t["default_policy"] = value(policy_name(&config.default_policy));
+    doc["authorization"] = Item::Table(t);
+}
+
+fn render_routes(doc: &mut toml_edit::DocumentMut, routes: &[RouteConfig]) {
+    use toml_edit::{Array, ArrayOfTables, InlineTable, value};
+    if routes.is_empty() {
+        return;
+    }
+    let mut out = ArrayOfTables::new();
+    for r in routes {
+        let mut t = Table::new();
+        if !r.methods.is_empty() {
+            t["methods"] = value(Array::from_iter(r.methods.iter().map(http::Method::as_str)));
+        }
+        if let Some(h) = &r.host {
+            t["host"] = value(h.as_str());
+        }
+        match &r.path {
+            RoutePath::Prefix(p) => t["path_prefix"] = value(p.as_str()),
+            RoutePath::Regex(re) => t["path_regex"] = value(re.as_str()),
+        }
+        t["policy"] = value(policy_name(&r.policy));
+        if let Policy::Require { groups, claims } = &r.policy {
+            if !groups.is_empty() {
+                t["groups"] = value(Array::from_iter(groups.iter().map(String::as_str)));
+            }
+            if !claims.is_empty() {
+                let mut ct = InlineTable::new();
+                for (path, values) in claims {
+                    let mut vs: Vec<toml_edit::Value> =
+                        values.iter().filter_map(json_to_toml).collect();
+                    let v = if vs.len() == 1 {
+                        vs.remove(0)
+                    } else {
+                        toml_edit::Value::Array(Array::from_iter(vs))
+                    };
+                    ct.insert(path.join("."), v);
+                }
+                t["claims"] = value(ct);
+            }
+        }
+        out.push(t);
+    }
+    doc["routes"] = Item::ArrayOfTables(out);
+}
+
+fn json_to_toml(v: &serde_json::Value) -> Option<toml_edit::Value> {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Some(s.as_str().into()),
+        Value::Bool(b) => Some((*b).into()),
+        Value::Number(n) => n
+            .as_i64()
+            .map(toml_edit::Value::from)
+            .or_else(|| n.as_f64().map(toml_edit::Value::from)),
+        _ => None,
     }
 }
 
@@ -993,7 +2215,9 @@ pub fn render_effective(config: &Config) -> String {
         t["insecure_skip_verify"] = value(u.insecure_skip_verify);
         ups.push(t);
     }
+    render_login(&mut doc, config);
     doc["upstreams"] = Item::ArrayOfTables(ups);
+    render_routes(&mut doc, &config.routes);
     doc.to_string()
 }
 
@@ -1041,6 +2265,682 @@ mod tests {
         let key_pem = ck.signing_key.serialize_pem();
         std::fs::write(&key, &key_pem).unwrap();
         (cert, key, key_pem)
+    }
+
+    const OIDC_EXAMPLE: &str = include_str!("../../config/gatehouse.oidc.example.toml");
+    /// 32 bytes of 0x01, base64.
+    const KEY32: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+
+    fn login(extra: &str) -> String {
+        format!(
+            "[server]\npublic_url = \"https://app.example.com\"\n[provider]\nissuer = \"https://idp.example.com\"\nclient_id = \"gh\"\nclient_secret = \"s3cret\"\n{extra}\n[session]\nsecret = \"{KEY32}\"\n{MIN}"
+        )
+    }
+
+    #[test]
+    fn oidc_example_loads_with_secret_files() {
+        let dir = temp_dir("oidc-example");
+        let cookie = dir.join("cookie");
+        std::fs::write(&cookie, format!("{KEY32}\n")).unwrap();
+        let client = dir.join("client");
+        std::fs::write(&client, "client-secret\n").unwrap();
+        let env = vec![
+            (
+                "GATEHOUSE_SESSION__SECRET_FILE".to_owned(),
+                cookie.display().to_string(),
+            ),
+            (
+                "GATEHOUSE_PROVIDER__CLIENT_SECRET_FILE".to_owned(),
+                client.display().to_string(),
+            ),
+        ];
+        let c = load_str(OIDC_EXAMPLE, None, &env).unwrap();
+        let p = c.provider.as_ref().unwrap();
+        assert_eq!(p.issuer.host_str(), Some("idp.example.com"));
+        assert!(
+            matches!(&p.client_auth, ClientAuth::SecretBasic(s) if s.expose() == "client-secret")
+        );
+        assert_eq!(
+            p.redirect_url.as_str(),
+            "https://app.example.com/oauth2/callback"
+        );
+        assert_eq!(
+            p.post_logout_redirect_url.as_str(),
+            "https://app.example.com/"
+        );
+        assert_eq!(
+            p.extra_auth_params,
+            vec![("prompt".to_owned(), "select_account".to_owned())]
+        );
+        let s = c.session.as_ref().unwrap();
+        assert_eq!(s.cookie_name, "__Host-_gatehouse");
+        assert!(s.cookie_secure);
+        assert_eq!(c.routes.len(), 2);
+        assert!(matches!(c.routes[0].policy, Policy::Public));
+        assert!(
+            matches!(&c.routes[1].policy, Policy::Require { groups, .. } if groups == &["admins"])
+        );
+        assert!(matches!(c.default_policy, Policy::Authenticated));
+        assert_eq!(c.authorization.allowed_email_domains, vec!["example.com"]);
+    }
+
+    #[test]
+    fn example_has_no_provider() {
+        let c = load_str(EXAMPLE, None, &[]).unwrap();
+        assert!(c.provider.is_none() && c.session.is_none());
+        assert!(matches!(c.default_policy, Policy::Public));
+    }
+
+    #[test]
+    fn login_defaults() {
+        let c = load(&login("")).unwrap();
+        let p = c.provider.as_ref().unwrap();
+        assert!(p.endpoints.is_none());
+        assert_eq!(p.scopes, vec!["openid", "email", "profile"]);
+        assert_eq!(
+            p.id_token_algorithms,
+            vec![
+                Algorithm::RS256,
+                Algorithm::ES256,
+                Algorithm::PS256,
+                Algorithm::EdDSA
+            ]
+        );
+        assert!(!p.use_userinfo);
+        assert_eq!(p.timeout, Duration::from_secs(10));
+        assert_eq!(p.discovery_refresh, Duration::from_secs(3600));
+        assert_eq!(p.clock_leeway, Duration::from_secs(60));
+        let s = c.session.as_ref().unwrap();
+        assert_eq!(s.secrets.len(), 1);
+        assert_eq!(s.secrets[0].expose(), &vec![1u8; 32]);
+        assert_eq!(s.same_site, SameSite::Lax);
+        assert_eq!(s.lifetime, Duration::from_secs(12 * 3600));
+        assert_eq!(s.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(s.login_timeout, Duration::from_secs(600));
+        assert_eq!(s.max_logins, 5);
+        assert!(s.cookie_domain.is_none());
+        let a = &c.authorization;
+        assert!(a.require_email_verified);
+        assert_eq!(a.groups_claim, vec!["groups"]);
+        assert!(matches!(c.default_policy, Policy::Authenticated));
+        // Without a provider: everything public, and the authorization defaults still apply.
+        let c = load(MIN).unwrap();
+        assert!(matches!(c.default_policy, Policy::Public));
+        assert!(c.authorization.require_email_verified);
+        assert_eq!(c.authorization.groups_claim, vec!["groups"]);
+    }
+
+    #[test]
+    fn issuer_must_be_https_unless_loopback() {
+        let p = problems(&login("").replace(
+            "issuer = \"https://idp.example.com\"",
+            "issuer = \"http://idp.example.com\"",
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with(
+                "gatehouse.toml:4:10: provider.issuer: `http://idp.example.com`: https is required"
+            ),
+            "{}",
+            p[0]
+        );
+        for host in [
+            "127.0.0.1:9000",
+            "127.3.4.5",
+            "[::1]:8080",
+            "localhost:8080",
+        ] {
+            let text = login("").replace("https://idp.example.com", &format!("http://{host}"));
+            load(&text).unwrap();
+        }
+        let p = problems(&login("").replace("https://idp.example.com", "idp"));
+        assert!(
+            p[0].starts_with("gatehouse.toml:4:10: provider.issuer:"),
+            "{}",
+            p[0]
+        );
+    }
+
+    #[test]
+    fn explicit_endpoints_need_both_and_userinfo() {
+        let p = problems(&login(
+            "authorization_endpoint = \"https://idp.example.com/auth\"",
+        ));
+        assert!(
+            p.iter()
+                .any(|l| l.contains("provider.token_endpoint: missing required key")),
+            "{p:?}"
+        );
+        let p = problems(&login(
+            "authorization_endpoint = \"https://idp.example.com/auth\"\ntoken_endpoint = \"https://idp.example.com/token\"",
+        ));
+        assert!(
+            p.iter()
+                .any(|l| l.contains("provider.userinfo_endpoint: `userinfo_endpoint` is required")),
+            "{p:?}"
+        );
+        let c = load(&login(
+            "authorization_endpoint = \"https://idp.example.com/auth?x=1\"\ntoken_endpoint = \"https://idp.example.com/token\"\nuserinfo_endpoint = \"https://idp.example.com/me\"",
+        ))
+        .unwrap();
+        let p = c.provider.unwrap();
+        assert!(p.use_userinfo);
+        assert!(p.endpoints.unwrap().jwks.is_none());
+        let p = problems(&login("jwks_uri = \"https://idp.example.com/jwks\""));
+        assert!(
+            p[0].contains("provider.jwks_uri: only applies with authorization_endpoint"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn provider_needs_public_url_and_session() {
+        let text = login("").replace("public_url = \"https://app.example.com\"", "");
+        let p = problems(&text);
+        assert!(
+            p.iter().any(|l| l
+                .contains("provider.redirect_url: server.public_url is required with [provider]")),
+            "{p:?}"
+        );
+        let text = login("redirect_url = \"https://a.example.com/cb\"")
+            .replace("public_url = \"https://app.example.com\"", "");
+        let c = load(&text).unwrap();
+        assert_eq!(
+            c.provider.unwrap().post_logout_redirect_url.as_str(),
+            "https://a.example.com/"
+        );
+        let text = login("").replace(&format!("[session]\nsecret = \"{KEY32}\"\n"), "");
+        let p = problems(&text);
+        assert_eq!(
+            p,
+            vec!["gatehouse.toml:1:1: session: [session] is required with [provider]"]
+        );
+    }
+
+    #[test]
+    fn client_auth_rules() {
+        let text = login("").replace("client_secret = \"s3cret\"\n", "");
+        let p = problems(&text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("gatehouse.toml:3:1: provider.client_auth: missing `client_secret`"),
+            "{}",
+            p[0]
+        );
+        let c = load(&text.replace("[session]", "client_auth = \"none\"\n[session]")).unwrap();
+        assert!(matches!(c.provider.unwrap().client_auth, ClientAuth::None));
+        let c = load(&login("client_auth = \"client_secret_post\"")).unwrap();
+        assert!(matches!(
+            c.provider.unwrap().client_auth,
+            ClientAuth::SecretPost(_)
+        ));
+        let p = problems(&login("client_auth = \"none\""));
+        assert!(
+            p[0].contains("provider.client_secret: is not used with client_auth = \"none\""),
+            "{p:?}"
+        );
+        let p = problems(&login("client_secret_file = \"/x\""));
+        assert!(p[0].contains("provider.client_secret_file: set either `client_secret` or `client_secret_file`, not both"), "{p:?}");
+        let p = problems(&login("private_key_id = \"k\""));
+        assert!(
+            p[0].contains(
+                "provider.private_key_id: only applies with client_auth = \"private_key_jwt\""
+            ),
+            "{p:?}"
+        );
+        let text = login("").replace("client_id = \"gh\"\n", "");
+        assert!(problems(&text)[0].contains("provider.client_id: missing required key"));
+    }
+
+    #[test]
+    fn private_key_jwt_detects_key_type() {
+        let dir = temp_dir("pkjwt");
+        let ec = dir.join("ec.pem");
+        let ck = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(&ec, ck.serialize_pem()).unwrap();
+        let base = login("").replace("client_secret = \"s3cret\"\n", "");
+        let with = |extra: &str| {
+            base.replace("[session]", &format!("client_auth = \"private_key_jwt\"\nprivate_key_file = {:?}\n{extra}\n[session]", ec.display().to_string()))
+        };
+        let c = load(&with("private_key_id = \"k1\"")).unwrap();
+        let ClientAuth::PrivateKeyJwt { alg, kid, key_pem } =
+            c.provider.as_ref().unwrap().client_auth.clone()
+        else {
+            panic!("not private_key_jwt");
+        };
+        assert_eq!(alg, Algorithm::ES256);
+        assert_eq!(kid.as_deref(), Some("k1"));
+        assert_eq!(key_pem.expose(), &ck.serialize_pem().into_bytes());
+        let out = render_effective(&c);
+        assert!(!out.contains("PRIVATE KEY"), "{out}");
+        assert!(out.contains("[redacted]"), "{out}");
+        let p = problems(&with("private_key_alg = \"RS256\""));
+        assert!(
+            p[0].contains("provider.private_key_alg: `RS256` does not match the key"),
+            "{p:?}"
+        );
+        let p = problems(&with("").replace(&ec.display().to_string(), "/nonexistent.pem"));
+        assert!(
+            p[0].contains("provider.private_key_file: cannot read /nonexistent.pem"),
+            "{p:?}"
+        );
+        let cert = dir.join("cert.pem");
+        std::fs::write(
+            &cert,
+            rcgen::generate_simple_self_signed(vec!["a".into()])
+                .unwrap()
+                .cert
+                .pem(),
+        )
+        .unwrap();
+        let p = problems(&with("").replace(&ec.display().to_string(), &cert.display().to_string()));
+        assert!(p[0].contains("no RSA or EC private key"), "{p:?}");
+        let p =
+            problems(&base.replace("[session]", "client_auth = \"private_key_jwt\"\n[session]"));
+        assert!(
+            p[0].contains("provider.private_key_file: missing required key"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn private_key_jwt_with_rsa_defaults_to_rs256() {
+        use base64::Engine as _;
+        let dir = temp_dir("pkjwt-rsa");
+        let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let der =
+            aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&key).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(chunk).unwrap());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        let f = dir.join("rsa.pem");
+        std::fs::write(&f, &pem).unwrap();
+        let text = login("").replace(
+            "client_secret = \"s3cret\"\n",
+            &format!(
+                "client_auth = \"private_key_jwt\"\nprivate_key_file = {:?}\n",
+                f.display().to_string()
+            ),
+        );
+        let c = load(&text).unwrap();
+        assert!(matches!(
+            c.provider.unwrap().client_auth,
+            ClientAuth::PrivateKeyJwt {
+                alg: Algorithm::RS256,
+                ..
+            }
+        ));
+        let p = problems(&text.replace("[session]", "private_key_alg = \"ES256\"\n[session]"));
+        assert!(p[0].contains("does not match the key"), "{p:?}");
+    }
+
+    #[test]
+    fn hs256_refused_without_client_secret() {
+        let text = login("client_auth = \"none\"\nid_token_algorithms = [\"RS256\", \"HS256\"]")
+            .replace("client_secret = \"s3cret\"\n", "");
+        let p = problems(&text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("gatehouse.toml:7:"), "{}", p[0]);
+        assert!(
+            p[0].contains("provider.id_token_algorithms[1]: `HS256` needs a client secret"),
+            "{}",
+            p[0]
+        );
+        let c = load(&login("id_token_algorithms = [\"HS256\"]")).unwrap();
+        assert_eq!(
+            c.provider.unwrap().id_token_algorithms,
+            vec![Algorithm::HS256]
+        );
+    }
+
+    #[test]
+    fn alg_none_refused() {
+        for none in ["none", "None"] {
+            let p = problems(&login(&format!(
+                "id_token_algorithms = [\"RS256\", \"{none}\"]"
+            )));
+            assert_eq!(p.len(), 1, "{p:?}");
+            assert!(p[0].starts_with("gatehouse.toml:7:"), "{}", p[0]);
+            assert!(
+                p[0].contains("provider.id_token_algorithms[1]: `none` is never accepted"),
+                "{}",
+                p[0]
+            );
+        }
+        let p = problems(&login("id_token_algorithms = [\"XS1\"]"));
+        assert!(p[0].contains("`XS1` is not one of"), "{p:?}");
+    }
+
+    #[test]
+    fn extra_auth_param_override_refused() {
+        for key in [
+            "redirect_uri",
+            "state",
+            "nonce",
+            "code_challenge_method",
+            "Scope",
+        ] {
+            let p = problems(&login(&format!(
+                "[provider.extra_auth_params]\n{key} = \"x\"\nprompt = \"login\""
+            )));
+            assert_eq!(p.len(), 1, "{p:?}");
+            let want = format!(
+                "gatehouse.toml:8:{}: provider.extra_auth_params.{key}: `{key}` is set by Gatehouse",
+                key.len() + 4
+            );
+            assert!(p[0].starts_with(&want), "{}", p[0]);
+        }
+    }
+
+    #[test]
+    fn clock_leeway_and_scopes() {
+        let p = problems(&login("clock_leeway = \"6m\""));
+        assert!(
+            p[0].starts_with(
+                "gatehouse.toml:7:16: provider.clock_leeway: `6m` is more than the maximum of 5m"
+            ),
+            "{p:?}"
+        );
+        load(&login("clock_leeway = \"5m\"")).unwrap();
+        let p = problems(&login("scopes = [\"email\"]"));
+        assert!(
+            p[0].contains("provider.scopes: must include \"openid\""),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn session_secrets() {
+        let text = login("").replace(KEY32, "c2hvcnQ=");
+        let p = problems(&text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("gatehouse.toml:9:10: session.secret: the secret decodes to 5 bytes"),
+            "{}",
+            p[0]
+        );
+        assert!(!p[0].contains("c2hvcnQ"), "{}", p[0]);
+        let p = problems(&login("").replace(KEY32, "not base64 at all!"));
+        assert!(
+            p[0].contains("session.secret: the secret is not base64"),
+            "{p:?}"
+        );
+        assert!(!p[0].contains("at all!"), "{p:?}");
+        // URL-safe without padding: 33 bytes of 0xfb.
+        let url_safe = "-_v7-_v7-_v7-_v7-_v7-_v7-_v7-_v7-_v7-_v7-_v7";
+        let c = load(&login("").replace(KEY32, url_safe)).unwrap();
+        assert_eq!(c.session.unwrap().secrets[0].expose(), &vec![0xfbu8; 33]);
+        let p = problems(&login("").replace("[session]\n", "[session]\nsecrets = []\n"));
+        assert!(p[0].contains("session.secrets: set only one of"), "{p:?}");
+        let text = login("").replace(&format!("secret = \"{KEY32}\""), "secrets = []");
+        assert!(problems(&text)[0].contains("session.secrets: at least one secret is required"));
+    }
+
+    #[test]
+    fn session_secret_rotation_keeps_order() {
+        let second = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+        let text = login("").replace(
+            &format!("secret = \"{KEY32}\""),
+            &format!("secrets = [\"{second}\", \"{KEY32}\"]"),
+        );
+        let s = load(&text).unwrap().session.unwrap();
+        assert_eq!(s.secrets.len(), 2);
+        assert_eq!(s.secrets[0].expose(), &vec![2u8; 32]);
+        assert_eq!(s.secrets[1].expose(), &vec![1u8; 32]);
+        let dir = temp_dir("secrets-file");
+        let f = dir.join("secrets");
+        std::fs::write(&f, format!("# newest first\n{KEY32}\n\n{second}\n")).unwrap();
+        let text = login("").replace(
+            &format!("secret = \"{KEY32}\""),
+            &format!("secrets_file = {:?}", f.display().to_string()),
+        );
+        let s = load(&text).unwrap().session.unwrap();
+        assert_eq!(s.secrets[0].expose(), &vec![1u8; 32]);
+        assert_eq!(s.secrets[1].expose(), &vec![2u8; 32]);
+        std::fs::write(&f, format!("{KEY32}\nc2hvcnQ=\n")).unwrap();
+        let p = problems(&text);
+        assert!(
+            p[0].starts_with("gatehouse.toml:9:16: session.secrets_file: line 2 of"),
+            "{p:?}"
+        );
+        assert!(!p[0].contains("c2hvcnQ"), "{p:?}");
+    }
+
+    #[test]
+    fn cookie_name_prefix_and_flags() {
+        let s = load(&login("")).unwrap().session.unwrap();
+        assert_eq!(s.cookie_name, "__Host-_gatehouse");
+        assert!(s.cookie_secure);
+        let s = load(&login("").replace(
+            "[session]\n",
+            "[session]\ncookie_domain = \"Example.com\"\ncookie_name = \"sid\"\n",
+        ))
+        .unwrap()
+        .session
+        .unwrap();
+        assert_eq!(s.cookie_name, "sid");
+        assert_eq!(s.cookie_domain.as_deref(), Some("example.com"));
+        let http = login("").replace("https://app.example.com", "http://127.0.0.1:4180");
+        let s = load(&http).unwrap().session.unwrap();
+        assert_eq!(s.cookie_name, "_gatehouse");
+        assert!(!s.cookie_secure);
+        let p = problems(&http.replace("[session]\n", "[session]\ncookie_samesite = \"none\"\n"));
+        assert!(
+            p[0].starts_with(
+                "gatehouse.toml:9:19: session.cookie_samesite: \"none\" requires an https"
+            ),
+            "{p:?}"
+        );
+        let s =
+            load(&login("").replace("[session]\n", "[session]\ncookie_samesite = \"strict\"\n"))
+                .unwrap()
+                .session
+                .unwrap();
+        assert_eq!(s.same_site, SameSite::Strict);
+        let p = problems(&login("").replace("[session]\n", "[session]\ncookie_name = \"a;b\"\n"));
+        assert!(
+            p[0].starts_with(
+                "gatehouse.toml:9:15: session.cookie_name: `a;b` is not a valid cookie name"
+            ),
+            "{p:?}"
+        );
+        let p = problems(
+            &login("").replace("[session]\n", "[session]\ncookie_domain = \"other.org\"\n"),
+        );
+        assert!(
+            p[0].contains("session.cookie_domain: `other.org` does not contain"),
+            "{p:?}"
+        );
+        let p = problems(&login("").replace("[session]\n", "[session]\nstore = \"redis\"\n"));
+        assert!(
+            p[0].starts_with("gatehouse.toml:9:9: session.store: \"redis\" is not supported yet"),
+            "{p:?}"
+        );
+        let p = problems(&login("").replace("[session]\n", "[session]\nmax_logins = 21\n"));
+        assert!(
+            p[0].contains("session.max_logins: 21 is out of range 1..=20"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn authorization_rules() {
+        let dir = temp_dir("emails");
+        let f = dir.join("emails.txt");
+        std::fs::write(&f, "# team\nBob@Example.com\n\ncarol@example.com\n").unwrap();
+        let text = format!(
+            "[authorization]\nallowed_emails = [\"Alice@Example.COM\"]\nallowed_emails_file = {:?}\nallowed_email_domains = [\"Example.com\", \".corp.example.com\", \"*\"]\ngroups_claim = \"realm_access.roles\"\nrequire_email_verified = false\n{MIN}",
+            f.display().to_string()
+        );
+        let c = load(&text).unwrap();
+        let a = c.authorization;
+        assert_eq!(
+            a.allowed_emails,
+            vec!["alice@example.com", "bob@example.com", "carol@example.com"]
+        );
+        assert_eq!(
+            a.allowed_email_domains,
+            vec!["example.com", ".corp.example.com", "*"]
+        );
+        assert_eq!(a.groups_claim, vec!["realm_access", "roles"]);
+        assert!(!a.require_email_verified);
+        let p = problems(&format!(
+            "[authorization]\nallowed_emails = [\"ok@example.com\", \"a@b@example.com\"]\n{MIN}"
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("gatehouse.toml:2:37: authorization.allowed_emails[1]: `a@b@example.com` is not an email address"), "{}", p[0]);
+        std::fs::write(&f, "ok@example.com\nevil@x@example.com\n").unwrap();
+        let p = problems(&text);
+        assert!(
+            p[0].starts_with("gatehouse.toml:3:23: authorization.allowed_emails_file: line 2 of"),
+            "{p:?}"
+        );
+        let missing = dir.join("missing.txt");
+        let p = problems(&text.replace(&f.display().to_string(), &missing.display().to_string()));
+        assert!(
+            p[0].starts_with("gatehouse.toml:3:23: authorization.allowed_emails_file: cannot read"),
+            "{p:?}"
+        );
+        let p = problems(&format!(
+            "[authorization]\ndefault_policy = \"authenticated\"\n{MIN}"
+        ));
+        assert_eq!(
+            p,
+            vec![
+                "gatehouse.toml:2:18: authorization.default_policy: \"authenticated\" needs a [provider] to authenticate with"
+            ]
+        );
+        let c = load(&login("").replace(
+            "[session]",
+            "[authorization]\ndefault_policy = \"public\"\n[session]",
+        ))
+        .unwrap();
+        assert!(matches!(c.default_policy, Policy::Public));
+    }
+
+    #[test]
+    fn routes_are_parsed() {
+        let text = login("")
+            + "[[routes]]\npath_regex = \"/api/v[0-9]+/\"\nmethods = [\"get\", \"POST\"]\nhost = \"API.example.com\"\n[[routes]]\npath_prefix = \"/admin\"\ngroups = [\"admins\"]\nclaims = { \"realm_access.roles\" = [\"a\", \"b\"], email_verified = true, level = 3 }\n[[routes]]\npath_regex = \"^/health$\"\npolicy = \"public\"\n";
+        let c = load(&text).unwrap();
+        let r = &c.routes;
+        let RoutePath::Regex(re) = &r[0].path else {
+            panic!("regex")
+        };
+        assert_eq!(re.as_str(), "^/api/v[0-9]+/");
+        assert!(re.is_match("/api/v2/x"));
+        assert!(!re.is_match("/evil/api/v2/x"));
+        assert_eq!(r[0].methods, vec![http::Method::GET, http::Method::POST]);
+        assert_eq!(r[0].host.as_deref(), Some("api.example.com"));
+        assert!(matches!(r[0].policy, Policy::Authenticated));
+        let Policy::Require { groups, claims } = &r[1].policy else {
+            panic!("require")
+        };
+        assert_eq!(groups, &["admins"]);
+        assert!(claims.contains(&(
+            vec!["realm_access".to_owned(), "roles".to_owned()],
+            vec![serde_json::json!("a"), serde_json::json!("b")]
+        )));
+        assert!(claims.contains(&(
+            vec!["email_verified".to_owned()],
+            vec![serde_json::json!(true)]
+        )));
+        let RoutePath::Regex(re) = &r[2].path else {
+            panic!("regex")
+        };
+        assert_eq!(re.as_str(), "^/health$");
+        assert!(matches!(r[2].policy, Policy::Public));
+    }
+
+    #[test]
+    fn route_problems() {
+        let p = problems(&format!("{MIN}[[routes]]\npath_prefix = \"/admin\"\n"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("gatehouse.toml:3:1: routes[0].policy: route path_prefix = \"/admin\" requires authentication, which needs a [provider]"), "{}", p[0]);
+        let p = problems(&format!(
+            "{MIN}[[routes]]\npath_prefix = \"/a\"\ngroups = [\"x\"]\n"
+        ));
+        assert!(p[0].starts_with("gatehouse.toml:5:10: routes[0].groups: route path_prefix = \"/a\" requires authentication"), "{p:?}");
+        load(&format!(
+            "{MIN}[[routes]]\npath_prefix = \"/a\"\npolicy = \"public\"\n"
+        ))
+        .unwrap();
+        let p = problems(
+            &(login("")
+                + "[[routes]]\npath_prefix = \"/a\"\npolicy = \"public\"\ngroups = [\"x\"]\n"),
+        );
+        assert!(
+            p[0].contains("routes[0].policy: \"public\" cannot be combined with `groups`"),
+            "{p:?}"
+        );
+        let p = problems(&(login("") + "[[routes]]\npath_prefix = \"/a\"\npath_regex = \"/b\"\n"));
+        assert!(
+            p[0].contains(
+                "routes[0].path_regex: set either `path_prefix` or `path_regex`, not both"
+            ),
+            "{p:?}"
+        );
+        let p = problems(&(login("") + "[[routes]]\npolicy = \"public\"\n"));
+        assert!(
+            p[0].contains("routes[0].path_prefix: missing required key"),
+            "{p:?}"
+        );
+        let p = problems(&(login("") + "[[routes]]\npath_regex = \"/a(\"\n"));
+        assert!(
+            p[0].contains("routes[0].path_regex: `/a(` is not a regex"),
+            "{p:?}"
+        );
+        let p = problems(
+            &(login("") + "[[routes]]\npath_prefix = \"/a\"\nclaims = { \"x\" = { y = 1 } }\n"),
+        );
+        assert!(
+            p[0].contains("routes[0].claims.x: must be a string, boolean or number"),
+            "{p:?}"
+        );
+        let p = problems(
+            &(login("") + "[[routes]]\npath_prefix = \"/a\"\nmethods = [\"BAD METHOD\"]\n"),
+        );
+        assert!(
+            p[0].contains("routes[0].methods[0]: `BAD METHOD` is not an HTTP method"),
+            "{p:?}"
+        );
+        let p = problems(&(login("") + "[[routes]]\npath_prefix = \"/a\"\npolicy = \"admins\"\n"));
+        assert!(
+            p[0].contains("routes[0].policy: `admins` is not one of"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn render_effective_redacts_login_secrets_and_round_trips() {
+        let text = login("extra_auth_params = { prompt = \"login\" }")
+            + "[[routes]]\npath_regex = \"/api\"\nmethods = [\"GET\"]\nclaims = { \"realm_access.roles\" = [\"a\", \"b\"], level = 3 }\n[[routes]]\npath_prefix = \"/pub\"\npolicy = \"public\"\n";
+        let c = load(&text).unwrap();
+        let out = render_effective(&c);
+        assert!(!out.contains("s3cret"), "{out}");
+        assert!(!out.contains(KEY32), "{out}");
+        assert!(out.contains("client_secret = \"[redacted]\""), "{out}");
+        assert!(out.contains("secrets = [\"[redacted]\"]"), "{out}");
+        assert!(out.contains("cookie_name = \"__Host-_gatehouse\""), "{out}");
+        assert!(
+            out.contains("redirect_url = \"https://app.example.com/oauth2/callback\""),
+            "{out}"
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+        // Put a real secret back where the redacted one is, and it loads the same again.
+        let back = load(&out.replace(
+            "secrets = [\"[redacted]\"]",
+            &format!("secrets = [\"{KEY32}\"]"),
+        ))
+        .unwrap();
+        let again = render_effective(&back);
+        assert_eq!(out, again);
+        assert_eq!(back.routes.len(), 2);
+        assert_eq!(back.session.unwrap().cookie_name, "__Host-_gatehouse");
     }
 
     #[test]
