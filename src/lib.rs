@@ -23,6 +23,7 @@ pub mod demo;
 pub mod endpoints;
 pub mod error;
 pub mod gateway;
+pub mod oidc;
 pub mod proxy;
 pub mod router;
 pub mod server;
