@@ -97,7 +97,8 @@ impl Provider {
 
     /// Spawns (on the current tokio runtime) the task that loads discovery and JWKS, retrying
     /// with backoff until it works, then refreshing every `discovery_refresh`. Calling it again
-    /// does nothing. The task ends when the provider is dropped.
+    /// does nothing. The task ends when the provider is dropped. Outside a tokio runtime it
+    /// logs an error and does nothing.
     pub fn start(self: &Arc<Self>) {
         let mut slot = self
             .task
@@ -106,8 +107,15 @@ impl Provider {
         if slot.is_some() {
             return;
         }
+        // `tokio::spawn` panics outside a runtime; report the misuse instead (no panics).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(
+                "Provider::start called outside a tokio runtime; the provider stays not ready"
+            );
+            return;
+        };
         let weak = Arc::downgrade(self);
-        let handle = tokio::spawn(keep_loaded(weak));
+        let handle = runtime.spawn(keep_loaded(weak));
         *slot = Some(handle.abort_handle());
     }
 

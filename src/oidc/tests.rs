@@ -946,6 +946,13 @@ fn pkce_pair_verifies_with_s256() {
 }
 
 #[test]
+fn start_outside_a_runtime_does_not_panic() {
+    let p = Provider::new(&config("http://127.0.0.1:1", ClientAuth::None)).unwrap();
+    p.start();
+    assert!(!p.ready());
+}
+
+#[test]
 fn random_tokens_have_at_least_128_bits() {
     assert!(random_token(1).len() >= 22);
     assert_eq!(random_token(32).len(), 43);
