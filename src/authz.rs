@@ -140,7 +140,7 @@ fn email_allowed(email: &str, emails: &[String], domains: &[String]) -> bool {
     if local.is_empty() || domain.is_empty() {
         return false;
     }
-    if emails.iter().any(|e| *e == email) {
+    if emails.contains(&email) {
         return true;
     }
     domains.iter().any(|d| {

@@ -25,6 +25,7 @@ pub mod endpoints;
 pub mod error;
 pub mod gateway;
 pub mod identity;
+pub mod oidc;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -277,8 +277,14 @@ mod tests {
             },
         );
         let doc: toml_edit::DocumentMut = text.parse().unwrap();
-        assert_eq!(doc["provider"]["issuer"].as_str(), Some("http://127.0.0.1:5556"));
-        assert_eq!(doc["provider"]["client_secret"].as_str(), Some("s3cret \"quoted\""));
+        assert_eq!(
+            doc["provider"]["issuer"].as_str(),
+            Some("http://127.0.0.1:5556")
+        );
+        assert_eq!(
+            doc["provider"]["client_secret"].as_str(),
+            Some("s3cret \"quoted\"")
+        );
         assert_eq!(doc["session"]["secret"].as_str(), Some("c2Vzc2lvbg=="));
         assert_eq!(doc["server"]["listen"].as_str(), Some("127.0.0.1:4180"));
         assert_eq!(

@@ -169,18 +169,24 @@ impl Login {
             return_to: return_to.to_owned(),
             created_at: now(),
         };
-        let mut resp = pages::redirect(url.as_str());
-        for cookie in self.cookies.start_login(&login, headers, now()) {
-            resp.headers_mut().append(SET_COOKIE, cookie);
+        match self.cookies.start_login(&login, headers, now()) {
+            Ok(cookies) => with_cookies(pages::redirect(url.as_str()), cookies),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot store the login state");
+                pages::page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Sign-in failed",
+                    "The sign-in could not be started.",
+                    None,
+                )
+            }
         }
-        resp
     }
 
     /// `/oauth2/start?rd=…`
     pub fn start_endpoint(&self, headers: &HeaderMap, query: Option<&str>) -> Response<Body> {
-        let params = match single_params(query, &["rd"]) {
-            Ok(p) => p,
-            Err(resp) => return resp,
+        let Ok(params) = single_params(query, &["rd"]) else {
+            return repeated_page();
         };
         let return_to = params
             .get("rd")
@@ -197,12 +203,11 @@ impl Login {
         query: Option<&str>,
         authorizer: &Authorizer,
     ) -> Response<Body> {
-        let params = match single_params(
+        let Ok(params) = single_params(
             query,
             &["state", "code", "iss", "error", "error_description"],
-        ) {
-            Ok(p) => p,
-            Err(resp) => return resp,
+        ) else {
+            return repeated_page();
         };
         let Some(state) = params.get("state") else {
             return bad_login(
@@ -250,7 +255,7 @@ impl Login {
             );
         }
         if self.provider.iss_parameter_required()
-            && params.get("iss").map(String::as_str) != Some(self.provider.issuer())
+            && params.get("iss") != Some(&self.provider.issuer())
         {
             tracing::warn!("callback iss does not match the issuer (mix-up defence)");
             return with_cookies(
@@ -487,22 +492,30 @@ fn session_from(
 
 /// Parses the query, refusing any of `names` that appears more than once (rule 35: never
 /// "last one wins").
+/// A parameter that must appear once appeared more often.
+#[derive(Debug)]
+struct RepeatedParameter;
+
+fn repeated_page() -> Response<Body> {
+    pages::page(
+        StatusCode::BAD_REQUEST,
+        "Sign-in failed",
+        "The request repeated a parameter that must appear once.",
+        None,
+    )
+}
+
 fn single_params(
     query: Option<&str>,
     names: &[&str],
-) -> Result<HashMap<String, String>, Response<Body>> {
+) -> Result<HashMap<String, String>, RepeatedParameter> {
     let mut out = HashMap::new();
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if !names.contains(&k.as_ref()) {
             continue;
         }
         if out.insert(k.into_owned(), v.into_owned()).is_some() {
-            return Err(pages::page(
-                StatusCode::BAD_REQUEST,
-                "Sign-in failed",
-                "The request repeated a parameter that must appear once.",
-                None,
-            ));
+            return Err(RepeatedParameter);
         }
     }
     Ok(out)

@@ -20,10 +20,11 @@ pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
     if let Some(mode) = headers.get("sec-fetch-mode") {
         return mode == "navigate";
     }
-    if let Some(dest) = headers.get("sec-fetch-dest") {
-        if dest != "document" && dest != "iframe" {
-            return false;
-        }
+    if let Some(dest) = headers.get("sec-fetch-dest")
+        && dest != "document"
+        && dest != "iframe"
+    {
+        return false;
     }
     headers
         .get(http::header::ACCEPT)

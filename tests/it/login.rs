@@ -24,7 +24,10 @@ struct World {
 }
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 impl World {
@@ -66,7 +69,10 @@ impl World {
             if reply.status == 200 {
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "gateway never became ready");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gateway never became ready"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
@@ -132,7 +138,12 @@ impl Browser {
 }
 
 fn location(reply: &Reply) -> String {
-    assert!(reply.status.is_redirection(), "expected a redirect, got {}: {}", reply.status, reply.text());
+    assert!(
+        reply.status.is_redirection(),
+        "expected a redirect, got {}: {}",
+        reply.status,
+        reply.text()
+    );
     reply.headers["location"].to_str().unwrap().to_owned()
 }
 
@@ -146,29 +157,52 @@ fn absolute(base: &str, location: &str) -> String {
 
 fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} in {html}")) + marker.len();
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        + marker.len();
     html[start..start + html[start..].find('"').unwrap()].to_owned()
 }
 
 /// Logs `user` in starting from `path`, returns the final reply (the page after login) and the
 /// callback URL that was used (for replay tests).
-async fn login(world: &World, browser: &mut Browser, path: &str, user: &str, groups: &[&str]) -> (Reply, String) {
+async fn login(
+    world: &World,
+    browser: &mut Browser,
+    path: &str,
+    user: &str,
+    groups: &[&str],
+) -> (Reply, String) {
     let gw = world.gw.url("");
     let to_provider = location(&browser.get(&world.gw.url(path)).await);
-    assert!(to_provider.starts_with(world.provider.issuer()), "{to_provider}");
-    assert!(to_provider.contains("code_challenge_method=S256"), "{to_provider}");
+    assert!(
+        to_provider.starts_with(world.provider.issuer()),
+        "{to_provider}"
+    );
+    assert!(
+        to_provider.contains("code_challenge_method=S256"),
+        "{to_provider}"
+    );
     let form_page = browser.get(&to_provider).await;
     assert_eq!(form_page.status, 200, "{}", form_page.text());
     let request_id = hidden(&form_page.text(), "request_id");
-    let mut form = format!("request_id={request_id}&username={user}&email={user}%40example.com&action=login");
+    let mut form =
+        format!("request_id={request_id}&username={user}&email={user}%40example.com&action=login");
     for g in groups {
         form.push_str(&format!("&groups={g}"));
     }
     let back = browser
-        .request("POST", &format!("{}/authorize", world.provider.issuer()), Some(form))
+        .request(
+            "POST",
+            &format!("{}/authorize", world.provider.issuer()),
+            Some(form),
+        )
         .await;
     let callback = location(&back);
-    assert!(callback.starts_with(&format!("{gw}/oauth2/callback")), "{callback}");
+    assert!(
+        callback.starts_with(&format!("{gw}/oauth2/callback")),
+        "{callback}"
+    );
     let landed = browser.get(&callback).await;
     let target = absolute(&gw, &location(&landed));
     (browser.get(&target).await, callback)
@@ -178,7 +212,14 @@ async fn login(world: &World, browser: &mut Browser, path: &str, user: &str, gro
 async fn a_deep_link_survives_login_and_the_app_receives_the_identity() {
     let world = World::start("").await;
     let mut browser = world.browser();
-    let (page, _) = login(&world, &mut browser, "/app/page?x=1&y=two", "alice", &["admins", "staff"]).await;
+    let (page, _) = login(
+        &world,
+        &mut browser,
+        "/app/page?x=1&y=two",
+        "alice",
+        &["admins", "staff"],
+    )
+    .await;
     assert_eq!(page.status, 200, "{}", page.text());
     let seen = world.app.last();
     assert_eq!(seen.target, "/app/page?x=1&y=two");
@@ -186,7 +227,11 @@ async fn a_deep_link_survives_login_and_the_app_receives_the_identity() {
     assert_eq!(seen.headers["x-forwarded-email"], "alice@example.com");
     assert_eq!(seen.headers["x-forwarded-groups"], "admins,staff");
     // The gateway's cookies never reach the app.
-    assert!(!seen.headers.contains_key("cookie"), "{:?}", seen.headers.get("cookie"));
+    assert!(
+        !seen.headers.contains_key("cookie"),
+        "{:?}",
+        seen.headers.get("cookie")
+    );
 }
 
 #[tokio::test]
@@ -195,7 +240,11 @@ async fn spoofed_identity_headers_never_override_the_session() {
     let mut browser = world.browser();
     login(&world, &mut browser, "/", "bob", &[]).await;
     let jar = browser.cookies(&world.gw.addr.to_string());
-    let cookie = jar.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+    let cookie = jar
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
     send(
         Request::get(world.gw.url("/x"))
             .header("cookie", format!("{cookie}; app_pref=dark"))
@@ -238,7 +287,11 @@ async fn scripts_get_401_json_and_browsers_get_a_login_redirect() {
     let mut browser = world.browser();
     let nav = browser.get(&world.gw.url("/page")).await;
     assert_eq!(nav.status, 302);
-    assert_eq!(world.app.count(), 0, "an unauthenticated request reached the app");
+    assert_eq!(
+        world.app.count(),
+        0,
+        "an unauthenticated request reached the app"
+    );
 }
 
 #[tokio::test]
@@ -254,7 +307,9 @@ async fn a_replayed_callback_is_refused() {
     let replay = replayer.get(&callback).await;
     assert_eq!(replay.status, 400, "{}", replay.text());
     // And with no state at all.
-    let missing = browser.get(&world.gw.url("/oauth2/callback?code=abc")).await;
+    let missing = browser
+        .get(&world.gw.url("/oauth2/callback?code=abc"))
+        .await;
     assert_eq!(missing.status, 400);
     let doubled = browser
         .get(&world.gw.url("/oauth2/callback?state=a&state=b&code=c"))
@@ -303,7 +358,9 @@ async fn open_redirects_after_login_are_refused() {
         .request(
             "POST",
             &format!("{}/authorize", world.provider.issuer()),
-            Some(format!("request_id={request_id}&username=alice&email=alice%40example.com&action=login")),
+            Some(format!(
+                "request_id={request_id}&username=alice&email=alice%40example.com&action=login"
+            )),
         )
         .await;
     let landed = browser.get(&location(&back)).await;
@@ -317,8 +374,21 @@ async fn a_person_outside_the_required_group_gets_the_403_page_not_a_login_loop(
     let (page, _) = login(&world, &mut browser, "/admin/panel", "mallory", &["guests"]).await;
     assert_eq!(page.status, 403, "{}", page.text());
     assert!(page.text().contains("not allowed"), "{}", page.text());
-    assert!(world.app.seen().iter().all(|s| !s.target.starts_with("/admin")));
-    let (page, _) = login(&world, &mut world.browser(), "/admin/panel", "alice", &["admins"]).await;
+    assert!(
+        world
+            .app
+            .seen()
+            .iter()
+            .all(|s| !s.target.starts_with("/admin"))
+    );
+    let (page, _) = login(
+        &world,
+        &mut world.browser(),
+        "/admin/panel",
+        "alice",
+        &["admins"],
+    )
+    .await;
     assert_eq!(page.status, 200);
 }
 
@@ -356,7 +426,10 @@ async fn userinfo_and_sign_out() {
     assert_eq!(info.json()["groups"][0], "staff");
     let out = browser.get(&world.gw.url("/oauth2/sign_out")).await;
     let to = location(&out);
-    assert!(to.starts_with(&format!("{}/end_session", world.provider.issuer())), "{to}");
+    assert!(
+        to.starts_with(&format!("{}/end_session", world.provider.issuer())),
+        "{to}"
+    );
     assert!(to.contains("id_token_hint="), "{to}");
     let after = browser.get(&world.gw.url("/oauth2/userinfo")).await;
     assert_eq!(after.status, 401);
