@@ -21,7 +21,8 @@ pub fn safe_return_to(rd: &str, public: &Url) -> Option<String> {
             .decode_utf8()
             .ok()?
             .into_owned();
-        if !is_clean(&decoded) || starts_like_authority(&decoded) {
+        // A decoded space is harmless; decoded controls and backslashes are not.
+        if decoded.chars().any(|c| c.is_control() || c == '\\') || starts_like_authority(&decoded) {
             return None;
         }
         if decoded == layer {
