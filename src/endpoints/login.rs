@@ -274,8 +274,12 @@ impl Login {
         };
         let tokens = match self.provider.exchange_code(code, &login.verifier).await {
             Ok(tokens) => tokens,
-            Err(err) => {
-                tracing::warn!(error = %err, "code exchange failed");
+            // The provider refusing the code is this sign-in's failure; the provider being
+            // unreachable or failing is an outage (rule 36): 503, try again.
+            Err(err @ oidc::ProviderError::Status { status, .. })
+                if (400..500).contains(&status) =>
+            {
+                tracing::warn!(error = %err, "code exchange refused");
                 return with_cookies(
                     bad_login(
                         "The identity provider did not accept this sign-in.",
@@ -284,15 +288,31 @@ impl Login {
                     set_cookies,
                 );
             }
+            Err(err) => {
+                tracing::warn!(error = %err, "code exchange failed");
+                return with_cookies(unavailable(), set_cookies);
+            }
         };
         let mut claims = Map::new();
-        if let Some(id_token) = &tokens.id_token {
+        // A plain OAuth 2.0 provider (explicit endpoints, no JWKS) gives no keys to verify an
+        // ID token with: then nothing of it is believed and identity comes from userinfo.
+        let verifiable = self
+            .provider
+            .metadata()
+            .is_some_and(|m| m.jwks_uri.is_some());
+        if let Some(id_token) = tokens.id_token.as_ref().filter(|_| verifiable) {
             match self
                 .provider
                 .validate_id_token(id_token, Some(&login.nonce))
                 .await
             {
                 Ok(valid) => claims = valid,
+                // Rule 36: keys that cannot be fetched are the provider's outage, not a bad
+                // token: fail closed with 503 and let the person retry.
+                Err(oidc::IdTokenRejected::KeysUnavailable) => {
+                    tracing::warn!("ID token keys unavailable");
+                    return with_cookies(unavailable(), set_cookies);
+                }
                 Err(reason) => {
                     tracing::warn!(reason = %reason, "ID token rejected");
                     return with_cookies(
@@ -332,12 +352,16 @@ impl Login {
                 }
             }
         }
-        let Some(session) = session_from(&claims, &tokens, &self.groups_claim, now) else {
+        let Some(mut session) = session_from(&claims, &tokens, &self.groups_claim, now) else {
             return with_cookies(
                 bad_login("The identity provider sent no subject.", &self.prefix),
                 set_cookies,
             );
         };
+        if !verifiable {
+            // Never kept, never sent back as a logout hint: nobody checked it.
+            session.id_token = None;
+        }
         if let Decision::Deny(reason) = authorizer.admit(&identity_of(&session)) {
             tracing::info!(user = %session.sub, reason = %reason, "sign-in refused by the authorization rules");
             return with_cookies(forbidden_page(&reason, &self.prefix), set_cookies);

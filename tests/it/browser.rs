@@ -299,3 +299,53 @@ async fn login_flows_through_the_gateway_in_a_real_browser() {
         "the public route did not reach the upstream"
     );
 }
+
+/// A plain OAuth 2.0 provider: endpoints set by hand, no discovery and no JWKS, identity from
+/// userinfo. The real oidc-provider plays that role here (its ID token is then ignored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_endpoints_login_in_a_real_browser() {
+    if !browser_prerequisites("explicit_endpoints_login_in_a_real_browser") {
+        return;
+    }
+    require_node_modules();
+    let port = free_port();
+    let public_url = format!("http://127.0.0.1:{port}");
+    let provider = start_provider(
+        &format!("{public_url}/oauth2/callback"),
+        &format!("{public_url}/"),
+    );
+    let upstream = Upstream::start().await;
+    let issuer = &provider.issuer;
+    let config = gateway_config(port, issuer, &upstream.url()).replace(
+        "[session]",
+        &format!(
+            "authorization_endpoint = \"{issuer}/auth\"\ntoken_endpoint = \"{issuer}/token\"\n\
+             userinfo_endpoint = \"{issuer}/me\"\n\n[session]"
+        ),
+    );
+    let gateway = Gateway::start(&config);
+    let scenarios = ["deep-link-login"];
+    let env = vec![
+        ("GATEWAY_URL", public_url),
+        ("PROVIDER_URL", provider.issuer.clone()),
+        ("EXPECT_TEXT", "alice".to_owned()),
+    ];
+    let (ok, lines) = tokio::task::spawn_blocking(move || run_browser(&scenarios, &env))
+        .await
+        .unwrap();
+    if !ok {
+        eprintln!("gateway output:\n{}", gateway.logs());
+    }
+    assert_browser_passed(ok, &lines, &scenarios);
+    let seen = upstream.seen();
+    let deep = seen
+        .iter()
+        .find(|s| s.target == "/app/page?x=1&y=two")
+        .unwrap_or_else(|| panic!("the upstream never saw the deep link: {seen:?}"));
+    assert_eq!(
+        deep.headers
+            .get("x-forwarded-user")
+            .and_then(|v| v.to_str().ok()),
+        Some("alice")
+    );
+}

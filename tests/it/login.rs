@@ -434,3 +434,31 @@ async fn userinfo_and_sign_out() {
     let after = browser.get(&world.gw.url("/oauth2/userinfo")).await;
     assert_eq!(after.status, 401);
 }
+
+#[tokio::test]
+async fn a_provider_that_cannot_be_reached_fails_closed_with_503() {
+    let dead = free_addr();
+    let gw_addr = free_addr();
+    let app = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = \"{gw_addr}\"\npublic_url = \"http://{gw_addr}\"\n\n\
+         [provider]\nissuer = \"http://{dead}\"\nclient_id = \"gatehouse\"\nclient_secret = \"x\"\n\n\
+         [session]\nsecret = \"c2Vzc2lvbi1zZWNyZXQtZm9yLXRlc3RzLW9ubHktMzJieXRlcyE=\"\n\n\
+         [[routes]]\npath_prefix = \"/public\"\npolicy = \"public\"\n\n\
+         [[upstreams]]\nurl = \"{}\"\n",
+        app.url()
+    ));
+    assert_eq!(crate::support::get(&gw.url("/readyz")).await.status, 503);
+    assert_eq!(crate::support::get(&gw.url("/healthz")).await.status, 200);
+    let mut browser = Browser::default();
+    let page = browser.get(&gw.url("/private")).await;
+    assert_eq!(page.status, 503, "{}", page.text());
+    assert!(page.headers.contains_key("retry-after"));
+    assert_eq!(
+        app.count(),
+        0,
+        "a protected request passed while the provider was down"
+    );
+    // Public routes do not need the provider.
+    assert_eq!(crate::support::get(&gw.url("/public/x")).await.status, 200);
+}
