@@ -387,13 +387,31 @@ main() {
     wait_http "http://127.0.0.1:$ng_port/" 10 || die "nginx proxy not answering"
 
     # (c) the gateway.
+    # "/" is public (the plain proxy path); "/app/" needs a session. The provider is never
+    # called on the session-cookie path, so a loopback issuer that does not answer will do.
     cat >"$TMP/gatehouse.toml" <<TOML
 [server]
 listen = "127.0.0.1:$gw_port"
+public_url = "http://127.0.0.1:$gw_port"
 
 [log]
 access_log = false
-level = "warn"
+level = "error"
+
+[provider]
+issuer = "http://127.0.0.1:9"
+client_id = "bench"
+client_secret = "bench"
+
+[session]
+secret = "$(head -c 32 /dev/urandom | base64)"
+
+[authorization]
+default_policy = "public"
+
+[[routes]]
+path_prefix = "/app"
+policy = "authenticated"
 
 [[upstreams]]
 url = "http://127.0.0.1:$up_port"
@@ -415,12 +433,29 @@ TOML
     measure nginx "http://127.0.0.1:$ng_port/" "$ng_pid"
     if ((gw_ok)); then
         measure gateway "http://127.0.0.1:$gw_port/" "$gw_pid"
+        local cookie
+        if cookie=$(session_cookie "$TMP/gatehouse.toml"); then
+            measure gateway-session "http://127.0.0.1:$gw_port/app/" "$gw_pid" -H "Cookie: $cookie"
+        else
+            log "!!! could not make a session cookie; gateway-session not measured"
+            SKIPPED+=(gateway-session)
+        fi
     fi
-    # Later: session cookie, bearer token, Apache mod_auth_openidc, e.g.
+    # Later: bearer token, Apache mod_auth_openidc, e.g.
     #   measure gateway-bearer "http://127.0.0.1:$gw_port/" "$gw_pid" -H "Authorization: Bearer $token"
 
     run_all
     report
+}
+
+# session_cookie CONFIG: a valid session Cookie header value for CONFIG's [session], sealed by
+# the gateway's own code (examples/session_cookie.rs).
+session_cookie() {
+    local target_dir=${CARGO_TARGET_DIR:-target}
+    if [[ ${SKIP_BUILD:-0} != 1 ]] || [[ ! -x $target_dir/release/examples/session_cookie ]]; then
+        cargo build --release --quiet --example session_cookie >&2 || return 1
+    fi
+    "$target_dir/release/examples/session_cookie" "$1"
 }
 
 main "$@"
