@@ -35,7 +35,8 @@ fn main() -> ExitCode {
     session.groups = ["staff", "developers", "readers", "ops", "billing"]
         .map(str::to_owned)
         .to_vec();
-    let cookies = SessionCookies::new(session_config).and_then(|c| c.store(&session, &HeaderMap::new()));
+    let cookies =
+        SessionCookies::new(session_config).and_then(|c| c.store(&session, &HeaderMap::new()));
     match cookies {
         Ok(set_cookies) => {
             let pairs: Vec<String> = set_cookies

@@ -3,6 +3,7 @@
 //! log. Steps write what they learn here; nothing is stashed in request extensions.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue, Method};
@@ -25,7 +26,8 @@ pub struct RequestCtx {
     pub path: String,
     /// Name of the upstream chosen, or the built-in endpoint answering.
     pub route: &'static str,
-    pub upstream: Option<String>,
+    /// Shared with the upstream's configuration: no copy per request.
+    pub upstream: Option<Arc<str>>,
     /// The authenticated user (subject), once known.
     pub user: Option<String>,
     pub started: Instant,

@@ -12,7 +12,9 @@ use std::ops::Range;
 
 use toml_edit::{ArrayOfTables, Item, Key, Table, TableLike};
 
-/// Variables with this prefix are overrides; [`CONFIG_VAR`] is the one exception.
+/// Variables with this prefix and a `__` (every key lives in a section:
+/// `GATEHOUSE_<SECTION>__<KEY>`) are overrides. Other `GATEHOUSE_*` variables, such as
+/// [`CONFIG_VAR`] or a deployment's own `GATEHOUSE_VERSION`, are not the configuration's.
 pub const PREFIX: &str = "GATEHOUSE_";
 /// Names the config file itself, so it cannot be a key inside it.
 pub const CONFIG_VAR: &str = "GATEHOUSE_CONFIG";
@@ -35,7 +37,9 @@ pub struct Applied {
 pub fn overrides(env: &[(String, String)]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = env
         .iter()
-        .filter(|(k, _)| k.starts_with(PREFIX) && k != CONFIG_VAR)
+        .filter(|(k, _)| {
+            k.starts_with(PREFIX) && k != CONFIG_VAR && k[PREFIX.len()..].contains("__")
+        })
         .cloned()
         .collect();
     out.sort();
@@ -234,6 +238,8 @@ mod tests {
         let vars = env(&[
             ("PATH", "/bin"),
             ("GATEHOUSE_CONFIG", "/etc/gatehouse.toml"),
+            ("GATEHOUSE_BIN", "/usr/local/bin/gatehouse"),
+            ("GATEHOUSE_VERSION", "1.2"),
             ("GATEHOUSE_LOG__LEVEL", "debug"),
         ]);
         assert_eq!(overrides(&vars), env(&[("GATEHOUSE_LOG__LEVEL", "debug")]));

@@ -103,12 +103,21 @@ impl HeaderRules {
             }
             None
         };
-        let peer = info.peer.to_canonical().to_string();
-        let xff = match prior_for.as_ref().and_then(|v| v.to_str().ok()) {
-            Some(prior) if !prior.is_empty() => format!("{prior}, {peer}"),
-            _ => peer,
+        // The peer address is formatted on the stack (an IPv6 address is at most 45 bytes):
+        // the common untrusted case then costs one allocation, the header value's own.
+        let mut buf = [0u8; 64];
+        let peer = format_ip(info.peer.to_canonical(), &mut buf);
+        let value = match prior_for.as_ref().and_then(|v| v.to_str().ok()) {
+            Some(prior) if !prior.is_empty() => {
+                let mut xff = Vec::with_capacity(prior.len() + 2 + peer.len());
+                xff.extend_from_slice(prior.as_bytes());
+                xff.extend_from_slice(b", ");
+                xff.extend_from_slice(peer);
+                HeaderValue::from_bytes(&xff)
+            }
+            _ => HeaderValue::from_bytes(peer),
         };
-        if let Ok(value) = HeaderValue::from_str(&xff) {
+        if let Ok(value) = value {
             headers.insert(X_FORWARDED_FOR, value);
         }
         if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -166,6 +175,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(UPGRADE);
+}
+
+/// `ip` in its textual form, written into `buf`.
+fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
+    use std::io::Write;
+    let mut rest = &mut buf[..];
+    // 64 bytes hold any IPv4 or IPv6 address text, so the write cannot run out of room.
+    let written = match write!(rest, "{ip}") {
+        Ok(()) => 64 - rest.len(),
+        Err(_) => 0,
+    };
+    &buf[..written]
 }
 
 fn fold(name: &str) -> Vec<u8> {

@@ -6,20 +6,23 @@
 
 pub mod headers;
 
-use std::sync::Arc;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::header::{CONNECTION, HOST, UPGRADE};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use self::headers::{ForwardInfo, HeaderRules};
 use crate::body::Body;
@@ -33,7 +36,7 @@ pub enum ProxyError {
     Connect {
         upstream: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: io::Error,
     },
     #[error("upstream {upstream} did not answer within {timeout:?}")]
     Timeout { upstream: String, timeout: Duration },
@@ -41,7 +44,7 @@ pub enum ProxyError {
     Upstream {
         upstream: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: hyper::Error,
     },
     #[error("upstream URL cannot carry this request")]
     BadUri(#[from] http::Error),
@@ -56,19 +59,44 @@ pub enum ClientBuildError {
     Url { upstream: String, url: String },
 }
 
-type Connector = HttpsConnector<HttpConnector>;
+/// How bytes reach the upstream: plain TCP, or TLS with the upstream's rustls client config
+/// (ALPN `http/1.1`: the upstream leg is always HTTP/1.1).
+enum Transport {
+    Plain,
+    Tls {
+        connector: TlsConnector,
+        server_name: ServerName<'static>,
+    },
+}
+
+/// A keep-alive connection waiting for its next request: the handle hyper's connection task
+/// takes requests from, and since when it has been idle (at the latest).
+struct Idle {
+    sender: SendRequest<Incoming>,
+    since: Instant,
+}
+
+/// Idle connections, most recently used last (LIFO: the warmest connection goes first and the
+/// others age out). Each worker thread has its own `Gateway`, so this lock is never contended;
+/// a `Mutex` only because the request futures must be `Send` for `tokio::spawn`.
+type IdleList = Arc<Mutex<Vec<Idle>>>;
 
 /// One configured upstream with its own connection pool.
 struct Upstream {
-    name: String,
-    scheme: Scheme,
-    authority: Authority,
+    /// Shared with every request's context (the access log) without copying the string.
+    name: Arc<str>,
+    /// Host to resolve (IPv6 literals without brackets) and port, from the upstream URL.
+    host: String,
+    port: u16,
+    transport: Transport,
     /// The upstream URL's path without its trailing `/`, prepended to every request path.
     base_path: String,
     host_header: HeaderValue,
     preserve_host: bool,
+    connect_timeout: Duration,
     response_timeout: Duration,
-    client: Client<Connector, Incoming>,
+    idle_timeout: Duration,
+    idle: IdleList,
 }
 
 /// Every upstream's client, indexed like `config.upstreams`.
@@ -110,7 +138,7 @@ impl Proxy {
             // The router only hands out indices of configured upstreams.
             return Ok(crate::error::plain(StatusCode::NOT_FOUND, "no route"));
         };
-        ctx.upstream = Some(upstream.name.clone());
+        ctx.upstream = Some(Arc::clone(&upstream.name));
         let upgrade = upgrade_requested(&req);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
@@ -132,38 +160,24 @@ impl Proxy {
             },
         );
         edit(&mut parts.headers);
-        parts.uri = upstream.uri(&ctx.path, parts.uri.query())?;
+        parts.uri = upstream.uri(&ctx.path, &parts.uri)?;
         // The upstream leg is always HTTP/1.1, whatever the client spoke to us.
         parts.version = Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, body);
 
         let sent = Instant::now();
-        let result = tokio::time::timeout(
-            upstream.response_timeout,
-            upstream.client.request(upstream_req),
-        )
-        .await;
+        let result =
+            tokio::time::timeout(upstream.response_timeout, upstream.send(upstream_req, sent))
+                .await;
         ctx.upstream_latency = Some(sent.elapsed());
         let mut resp = match result {
             Err(_) => {
                 return Err(ProxyError::Timeout {
-                    upstream: upstream.name.clone(),
+                    upstream: upstream.name.to_string(),
                     timeout: upstream.response_timeout,
                 });
             }
-            Ok(Err(source)) if source.is_connect() => {
-                return Err(ProxyError::Connect {
-                    upstream: upstream.name.clone(),
-                    source,
-                });
-            }
-            Ok(Err(source)) => {
-                return Err(ProxyError::Upstream {
-                    upstream: upstream.name.clone(),
-                    source,
-                });
-            }
-            Ok(Ok(resp)) => resp,
+            Ok(result) => result?,
         };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -230,39 +244,55 @@ impl Upstream {
         let scheme = origin.scheme().cloned().ok_or_else(bad_url)?;
         let authority = origin.authority().cloned().ok_or_else(bad_url)?;
         let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| bad_url())?;
+        let https = scheme == http::uri::Scheme::HTTPS;
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        // `Authority::host` keeps the brackets of an IPv6 literal; resolvers and TLS want none.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
 
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let tls = client_tls(config, native_roots)?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(config.idle_timeout)
-            .set_host(false)
-            .build(connector);
+        let transport = if https {
+            let mut tls = client_tls(config, native_roots)?;
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let server_name = ServerName::try_from(host.clone()).map_err(|_| bad_url())?;
+            Transport::Tls {
+                connector: TlsConnector::from(Arc::new(tls)),
+                server_name,
+            }
+        } else {
+            Transport::Plain
+        };
         Ok(Self {
-            name: config.name.clone(),
-            scheme,
-            authority,
+            name: Arc::from(config.name.as_str()),
+            host,
+            port,
+            transport,
             base_path: config.url.path().trim_end_matches('/').to_owned(),
             host_header,
             preserve_host: config.preserve_host,
+            connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
-            client,
+            idle_timeout: config.idle_timeout,
+            idle: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
-    fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+    /// The origin-form request target for the upstream: its base path, the normalised path,
+    /// the client's query. When there is no base path and normalising changed nothing, the
+    /// client's own target is reused (a reference count, no copy, no re-validation).
+    fn uri(&self, path: &str, client: &Uri) -> Result<Uri, ProxyError> {
+        if self.base_path.is_empty()
+            && client.path() == path
+            && let Some(pq) = client.path_and_query()
+        {
+            return Ok(Uri::from(pq.clone()));
+        }
+        let query = client.query();
+        // Sized exactly, so the string becomes the URI's buffer without a reallocation.
         let mut pq = String::with_capacity(
-            self.base_path.len() + path.len() + 1 + query.map_or(0, str::len),
+            self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
         );
         pq.push_str(&self.base_path);
         pq.push_str(path);
@@ -271,12 +301,164 @@ impl Upstream {
             pq.push_str(q);
         }
         let pq = PathAndQuery::try_from(pq).map_err(http::Error::from)?;
-        Ok(Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()?)
+        Ok(Uri::from(pq))
     }
+
+    /// Sends `req` on an idle keep-alive connection, or on a new one. `now` is the caller's
+    /// clock reading, reused here so the pool adds no clock call of its own.
+    async fn send(
+        &self,
+        mut req: Request<Incoming>,
+        now: Instant,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        if let Some(mut sender) = self.checkout(now) {
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    self.checkin(sender, &resp, now);
+                    return Ok(resp);
+                }
+                Err(mut err) => match err.take_message() {
+                    // The idle connection closed before the request went out (the upstream
+                    // timed it out while we held it): a fresh connection gets the request.
+                    Some(back) => req = back,
+                    None => return Err(self.failed(err.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let resp = sender.send_request(req).await.map_err(|e| self.failed(e))?;
+        self.checkin(sender, &resp, now);
+        Ok(resp)
+    }
+
+    fn failed(&self, source: hyper::Error) -> ProxyError {
+        ProxyError::Upstream {
+            upstream: self.name.to_string(),
+            source,
+        }
+    }
+
+    /// The most recently used idle connection that is still open, ready and younger than
+    /// `idle_timeout`; closed and expired ones met on the way are dropped.
+    fn checkout(&self, now: Instant) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(entry) = idle.pop() {
+            let fresh = now.saturating_duration_since(entry.since) < self.idle_timeout;
+            if fresh && entry.sender.is_ready() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Puts a connection back once its exchange is done. Usually the response body has already
+    /// been read by hyper's connection task and the connection is ready at once; otherwise a
+    /// small task waits for it (a streaming body) and pools it after, or drops it when the
+    /// upstream closes it (`Connection: close`, errors). A protocol switch takes the
+    /// connection over: it never comes back.
+    fn checkin(&self, sender: SendRequest<Incoming>, resp: &Response<Incoming>, now: Instant) {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS || sender.is_closed() {
+            return;
+        }
+        if sender.is_ready() {
+            push_idle(&self.idle, sender, now);
+            return;
+        }
+        let idle = Arc::clone(&self.idle);
+        let mut sender = sender;
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                push_idle(&idle, sender, Instant::now());
+            }
+        });
+    }
+
+    /// A new connection: resolve, connect within `connect_timeout`, TLS when the URL says so,
+    /// then hyper's HTTP/1.1 handshake with its connection task spawned on this worker.
+    async fn connect(&self) -> Result<SendRequest<Incoming>, ProxyError> {
+        let fail = |source: io::Error| ProxyError::Connect {
+            upstream: self.name.to_string(),
+            source,
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, self.tcp())
+            .await
+            .map_err(|_| {
+                fail(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect timed out after {:?}", self.connect_timeout),
+                ))
+            })?
+            .map_err(fail)?;
+        match &self.transport {
+            Transport::Plain => handshake(stream).await.map_err(fail),
+            Transport::Tls {
+                connector,
+                server_name,
+            } => {
+                let tls = tokio::time::timeout(
+                    self.connect_timeout,
+                    connector.connect(server_name.clone(), stream),
+                )
+                .await
+                .map_err(|_| {
+                    fail(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "TLS handshake timed out",
+                    ))
+                })?
+                .map_err(fail)?;
+                handshake(tls).await.map_err(fail)
+            }
+        }
+    }
+
+    /// A TCP connection to the first address of the upstream's host that accepts one.
+    async fn tcp(&self) -> io::Result<TcpStream> {
+        let mut last_err = None;
+        for addr in tokio::net::lookup_host((self.host.as_str(), self.port)).await? {
+            match connect_addr(addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(err) => last_err = Some(err),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "host resolved to no address")
+        }))
+    }
+}
+
+fn push_idle(idle: &Mutex<Vec<Idle>>, sender: SendRequest<Incoming>, since: Instant) {
+    idle.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(Idle { sender, since });
+}
+
+async fn connect_addr(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
+    // Requests are written whole; waiting for Nagle would only add latency.
+    stream.set_nodelay(true)?;
+    // Notices a vanished upstream on an idle pooled connection (as the legacy client did).
+    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+    socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+    Ok(stream)
+}
+
+/// hyper's HTTP/1.1 client handshake over `io`; the connection task (with upgrade support, for
+/// websockets) runs on this worker's event loop until the connection closes.
+async fn handshake<S>(io: S) -> io::Result<SendRequest<Incoming>>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(err) = conn.with_upgrades().await {
+            tracing::debug!(error = %err, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 /// The TLS client for an upstream: its CA bundle or the system roots, an optional client
@@ -311,7 +493,7 @@ fn client_tls(
         };
         builder.with_root_certificates(roots)
     };
-    // ALPN stays empty: the connector builder sets it from `enable_http1` (and panics if set).
+    // ALPN (`http/1.1`) is set by the caller.
     let tls = match &config.tls_client_cert {
         Some(pair) => builder
             .with_client_auth_cert(pair.cert_chain.clone(), pair.key.expose().clone_key())
