@@ -70,6 +70,7 @@ pub struct Gateway {
     authorizer: Authorizer,
     login: Option<Login>,
     proxy: Proxy,
+    headers: crate::config::HeadersConfig,
     access_log: bool,
 }
 
@@ -86,6 +87,7 @@ impl Gateway {
             authorizer: Authorizer::new(&config),
             login,
             proxy: Proxy::new(&config)?,
+            headers: config.headers.clone(),
             access_log: config.log.access_log,
         })
     }
@@ -183,6 +185,7 @@ impl Gateway {
         let client_host =
             proxy::client_host_header(req.uri(), req.headers()).ok_or(RejectReason::MissingHost)?;
         let login = self.login.as_ref();
+        let names = &self.headers;
         let resp = self
             .proxy
             .forward(index, req, client_host, ctx, |headers| {
@@ -190,7 +193,7 @@ impl Gateway {
                     login.strip_cookies(headers);
                 }
                 if let Some(id) = &identity {
-                    identity::set_headers(headers, id);
+                    identity::set_headers(headers, id, names);
                 }
             })
             .await?;

@@ -5,7 +5,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::Secret;
+use crate::config::{HeadersConfig, Secret};
 
 /// Who is calling, as the gateway established it.
 #[derive(Debug, Clone, Default)]
@@ -21,23 +21,18 @@ pub struct Identity {
     pub access_token: Option<Secret<String>>,
 }
 
-pub const X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
-pub const X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
-pub const X_FORWARDED_PREFERRED_USERNAME: HeaderName =
-    HeaderName::from_static("x-forwarded-preferred-username");
-pub const X_FORWARDED_GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
-
-/// Sets the identity headers. A value that cannot be a safe header value (CR, LF, NUL or other
-/// control characters, rule 31) is left out rather than forwarded; each group is
-/// percent-encoded where it contains `,` or `%`, so `"x,admin"` arrives as one group `x%2Cadmin`
-/// and can never add `admin`.
-pub fn set_headers(headers: &mut HeaderMap, identity: &Identity) {
-    set(headers, X_FORWARDED_USER, &identity.user);
+/// Sets the identity headers under the configured names. A value that cannot be a safe header
+/// value (CR, LF, NUL or other control characters, rule 31) is left out rather than forwarded;
+/// each group is percent-encoded where it contains `,` or `%`, so `"x,admin"` arrives as one
+/// group `x%2Cadmin` and can never add `admin`. Tokens go only where the configuration asks.
+pub fn set_headers(headers: &mut HeaderMap, identity: &Identity, config: &HeadersConfig) {
+    let names = &config.names;
+    set(headers, names.user.clone(), &identity.user);
     if let Some(email) = &identity.email {
-        set(headers, X_FORWARDED_EMAIL, email);
+        set(headers, names.email.clone(), email);
     }
     if let Some(name) = &identity.preferred_username {
-        set(headers, X_FORWARDED_PREFERRED_USERNAME, name);
+        set(headers, names.preferred_username.clone(), name);
     }
     if !identity.groups.is_empty() {
         let joined = identity
@@ -47,7 +42,19 @@ pub fn set_headers(headers: &mut HeaderMap, identity: &Identity) {
             .map(|g| g.replace('%', "%25").replace(',', "%2C"))
             .collect::<Vec<_>>()
             .join(",");
-        set(headers, X_FORWARDED_GROUPS, &joined);
+        set(headers, names.groups.clone(), &joined);
+    }
+    if let Some(token) = &identity.access_token {
+        if config.pass_access_token {
+            set(headers, names.access_token.clone(), token.expose());
+        }
+        if config.pass_authorization_header {
+            set(
+                headers,
+                http::header::AUTHORIZATION,
+                &format!("Bearer {}", token.expose()),
+            );
+        }
     }
 }
 
@@ -69,6 +76,12 @@ fn is_safe(value: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn config() -> HeadersConfig {
+        crate::config::load_str("[[upstreams]]\nurl = \"http://127.0.0.1:1\"\n", None, &[])
+            .unwrap()
+            .headers
+    }
+
     fn alice() -> Identity {
         Identity {
             user: "alice".into(),
@@ -83,9 +96,13 @@ mod tests {
     #[test]
     fn group_lists_cannot_smuggle_an_extra_group() {
         let mut h = HeaderMap::new();
-        set_headers(&mut h, &alice());
-        assert_eq!(h[X_FORWARDED_GROUPS], "staff,x%2Cadmin,100%25");
-        let groups: Vec<&str> = h[X_FORWARDED_GROUPS].to_str().unwrap().split(',').collect();
+        set_headers(&mut h, &alice(), &config());
+        assert_eq!(h["x-forwarded-groups"], "staff,x%2Cadmin,100%25");
+        let groups: Vec<&str> = h["x-forwarded-groups"]
+            .to_str()
+            .unwrap()
+            .split(',')
+            .collect();
         assert!(!groups.contains(&"admin"));
     }
 
@@ -96,10 +113,35 @@ mod tests {
         id.groups = vec!["ok".into(), "bad\ngroup".into()];
         id.preferred_username = Some("nul\0name".into());
         let mut h = HeaderMap::new();
-        set_headers(&mut h, &id);
-        assert!(!h.contains_key(X_FORWARDED_EMAIL));
-        assert!(!h.contains_key(X_FORWARDED_PREFERRED_USERNAME));
-        assert_eq!(h[X_FORWARDED_GROUPS], "ok");
-        assert_eq!(h[X_FORWARDED_USER], "alice");
+        set_headers(&mut h, &id, &config());
+        assert!(!h.contains_key("x-forwarded-email"));
+        assert!(!h.contains_key("x-forwarded-preferred-username"));
+        assert_eq!(h["x-forwarded-groups"], "ok");
+        assert_eq!(h["x-forwarded-user"], "alice");
+    }
+
+    #[test]
+    fn tokens_reach_the_app_only_when_asked_and_under_the_configured_names() {
+        let mut id = alice();
+        id.access_token = Some(Secret::new("at-123".to_owned()));
+        let mut h = HeaderMap::new();
+        set_headers(&mut h, &id, &config());
+        assert!(!h.contains_key("x-forwarded-access-token"));
+        assert!(!h.contains_key("authorization"));
+
+        let mut cfg = config();
+        cfg.pass_access_token = true;
+        cfg.pass_authorization_header = true;
+        cfg.names.user = HeaderName::from_static("remote-user");
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Basic Zm9vOmJhcg=="),
+        );
+        set_headers(&mut h, &id, &cfg);
+        assert_eq!(h["x-forwarded-access-token"], "at-123");
+        assert_eq!(h["authorization"], "Bearer at-123");
+        assert_eq!(h["remote-user"], "alice");
+        assert!(!h.contains_key("x-forwarded-user"));
     }
 }

@@ -257,6 +257,26 @@ pub struct HeadersConfig {
     /// `[headers] allow_underscores`, default false: header names containing `_` are dropped,
     /// as nginx does (rule 24).
     pub allow_underscores: bool,
+    /// `[headers] user`, `email`, `preferred_username`, `groups`, `access_token`: the names the
+    /// identity is sent under (defaults `X-Forwarded-User`, …). Each is also in `identity`, so a
+    /// client's copy is always removed.
+    pub names: IdentityNames,
+    /// `[headers] pass_access_token`, default false: the session's access token in
+    /// `names.access_token`.
+    pub pass_access_token: bool,
+    /// `[headers] pass_authorization_header`, default false: `Authorization: Bearer <access
+    /// token>` to the app, replacing any `Authorization` the client sent. (oauth2-proxy sends the
+    /// ID token here; an app behind Gatehouse gets the token an API would accept.)
+    pub pass_authorization_header: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityNames {
+    pub user: HeaderName,
+    pub email: HeaderName,
+    pub preferred_username: HeaderName,
+    pub groups: HeaderName,
+    pub access_token: HeaderName,
 }
 
 #[derive(Debug, Clone)]

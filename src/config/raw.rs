@@ -58,6 +58,13 @@ pub struct RawLog {
 pub struct RawHeaders {
     pub identity: Option<Vec<String>>,
     pub allow_underscores: Option<bool>,
+    pub user: Option<String>,
+    pub email: Option<String>,
+    pub preferred_username: Option<String>,
+    pub groups: Option<String>,
+    pub access_token: Option<String>,
+    pub pass_access_token: Option<bool>,
+    pub pass_authorization_header: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

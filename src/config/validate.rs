@@ -24,9 +24,9 @@ use super::raw::{
     RawTls, RawUpstream,
 };
 use super::{
-    AuthorizationConfig, ClientAuth, Config, HeadersConfig, LogConfig, LogFormat, Policy,
-    ProviderConfig, ProviderEndpoints, RouteConfig, RoutePath, SameSite, Secret, ServerConfig,
-    SessionConfig, TlsConfig, UpstreamConfig, env,
+    AuthorizationConfig, ClientAuth, Config, HeadersConfig, IdentityNames, LogConfig, LogFormat,
+    Policy, ProviderConfig, ProviderEndpoints, RouteConfig, RoutePath, SameSite, Secret,
+    ServerConfig, SessionConfig, TlsConfig, UpstreamConfig, env,
 };
 
 /// Every problem found in one configuration; `Display` prints one line per problem.
@@ -676,9 +676,45 @@ impl Ctx<'_> {
                 ),
             }
         }
+        let mut name = |key: &str, given: Option<String>, default: &'static str| {
+            let given = given.unwrap_or_else(|| default.to_owned());
+            match HeaderName::from_bytes(given.as_bytes()) {
+                Ok(h) => h,
+                Err(_) => {
+                    self.problem(&p.key(key), format!("`{given}` is not a valid header name"));
+                    HeaderName::from_static("x-forwarded-user")
+                }
+            }
+        };
+        let names = IdentityNames {
+            user: name("user", raw.user, "x-forwarded-user"),
+            email: name("email", raw.email, "x-forwarded-email"),
+            preferred_username: name(
+                "preferred_username",
+                raw.preferred_username,
+                "x-forwarded-preferred-username",
+            ),
+            groups: name("groups", raw.groups, "x-forwarded-groups"),
+            access_token: name("access_token", raw.access_token, "x-forwarded-access-token"),
+        };
+        // Whatever the gateway sets, it first removes from the client's request (rule 17).
+        for set in [
+            &names.user,
+            &names.email,
+            &names.preferred_username,
+            &names.groups,
+            &names.access_token,
+        ] {
+            if !identity.contains(set) {
+                identity.push(set.clone());
+            }
+        }
         HeadersConfig {
             identity,
             allow_underscores: raw.allow_underscores.unwrap_or(false),
+            names,
+            pass_access_token: raw.pass_access_token.unwrap_or(false),
+            pass_authorization_header: raw.pass_authorization_header.unwrap_or(false),
         }
     }
 
@@ -2191,6 +2227,14 @@ pub fn render_effective(config: &Config) -> String {
             .collect(),
     ));
     headers["allow_underscores"] = value(config.headers.allow_underscores);
+    let n = &config.headers.names;
+    headers["user"] = value(n.user.as_str());
+    headers["email"] = value(n.email.as_str());
+    headers["preferred_username"] = value(n.preferred_username.as_str());
+    headers["groups"] = value(n.groups.as_str());
+    headers["access_token"] = value(n.access_token.as_str());
+    headers["pass_access_token"] = value(config.headers.pass_access_token);
+    headers["pass_authorization_header"] = value(config.headers.pass_authorization_header);
     doc["headers"] = Item::Table(headers);
 
     let mut ups = ArrayOfTables::new();

@@ -301,7 +301,8 @@ async fn login_flows_through_the_gateway_in_a_real_browser() {
 }
 
 /// A plain OAuth 2.0 provider: endpoints set by hand, no discovery and no JWKS, identity from
-/// userinfo. The real oidc-provider plays that role here (its ID token is then ignored).
+/// userinfo, and a public client (no secret). The real oidc-provider plays that role here (its
+/// ID token is then ignored).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_endpoints_login_in_a_real_browser() {
     if !browser_prerequisites("explicit_endpoints_login_in_a_real_browser") {
@@ -316,13 +317,19 @@ async fn explicit_endpoints_login_in_a_real_browser() {
     );
     let upstream = Upstream::start().await;
     let issuer = &provider.issuer;
-    let config = gateway_config(port, issuer, &upstream.url()).replace(
-        "[session]",
-        &format!(
-            "authorization_endpoint = \"{issuer}/auth\"\ntoken_endpoint = \"{issuer}/token\"\n\
+    // The public client: no secret, PKCE alone protects the code (`client_auth = "none"`).
+    let config = gateway_config(port, issuer, &upstream.url())
+        .replace(
+            &format!("client_id = \"gatehouse\"\nclient_secret = \"{CLIENT_SECRET}\""),
+            "client_id = \"gatehouse-public\"\nclient_auth = \"none\"",
+        )
+        .replace(
+            "[session]",
+            &format!(
+                "authorization_endpoint = \"{issuer}/auth\"\ntoken_endpoint = \"{issuer}/token\"\n\
              userinfo_endpoint = \"{issuer}/me\"\n\n[session]"
-        ),
-    );
+            ),
+        );
     let gateway = Gateway::start(&config);
     let scenarios = ["deep-link-login"];
     let env = vec![

@@ -462,3 +462,42 @@ async fn a_provider_that_cannot_be_reached_fails_closed_with_503() {
     // Public routes do not need the provider.
     assert_eq!(crate::support::get(&gw.url("/public/x")).await.status, 200);
 }
+
+#[tokio::test]
+async fn identity_header_names_and_token_passing_follow_the_configuration() {
+    let world = World::start(
+        "[headers]\nuser = \"Remote-User\"\ngroups = \"Remote-Groups\"\n\
+         pass_access_token = true\npass_authorization_header = true\n",
+    )
+    .await;
+    let mut browser = world.browser();
+    login(&world, &mut browser, "/", "alice", &["staff"]).await;
+    let jar = browser.cookies(&world.gw.addr.to_string());
+    let cookie = jar
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    send(
+        Request::get(world.gw.url("/api"))
+            .header("cookie", cookie)
+            .header("remote-user", "admin")
+            .header("authorization", "Basic Zm9vOmJhcg==")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    let seen = world.app.last();
+    assert_eq!(seen.headers["remote-user"], "alice");
+    assert_eq!(seen.headers["remote-groups"], "staff");
+    assert!(!seen.headers.contains_key("x-forwarded-user"));
+    let token = seen.headers["x-forwarded-access-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(token.len() > 20, "{token}");
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {token}").as_str()
+    );
+}
