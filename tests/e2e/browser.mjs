@@ -592,12 +592,43 @@ async function providerRefresh(run) {
 
 // --- runner ------------------------------------------------------------------------------------------
 
+// `gatehouse demo`: a person opens the printed URL, signs in at the built-in development
+// provider (any name, some groups) and lands on the echo page, which shows who the app sees and
+// a sign-out link; signing out ends the session.
+async function demoLogin(run) {
+  needGateway();
+  const page = await run.newPage();
+  await page.goto(GATEWAY + '/hello?from=demo', { waitUntil: 'load', timeout: STEP_MS });
+  await run.snap(page);
+  await page.fill('#username', 'alice');
+  await page.check('input[name="groups"][value="admins"]');
+  await run.snap(page);
+  await Promise.all([
+    page.waitForURL((u) => origin(u.toString()) === GATEWAY, { timeout: STEP_MS }),
+    page.click('button[name="action"][value="login"]'),
+  ]);
+  await page.waitForLoadState('load');
+  await run.snap(page);
+  check(sameUrl(page.url(), GATEWAY + '/hello?from=demo'), `landed on ${page.url()}`);
+  const text = await bodyText(page);
+  check(text.includes('alice'), 'the echo page does not show alice');
+  check(text.includes('admins'), 'the echo page does not show the admins group');
+  const signOut = page.locator('a[href$="/oauth2/sign_out"]');
+  check(await visible(signOut), 'no sign-out link on the echo page');
+  await signOut.click();
+  await page.waitForLoadState('load');
+  await run.snap(page);
+  const after = await page.goto(GATEWAY + '/oauth2/userinfo', { waitUntil: 'load', timeout: STEP_MS });
+  check(after && after.status() === 401, `userinfo after sign-out answered ${after?.status()}`);
+}
+
 const SCENARIOS = {
   'deep-link-login': { run: deepLinkLogin, needs: 'gateway' },
   'sign-out': { run: signOut, needs: 'gateway' },
   'two-tabs': { run: twoTabs, needs: 'gateway' },
   'forbidden-group': { run: forbiddenGroup, needs: 'gateway' },
   'public-route': { run: publicRoute, needs: 'gateway' },
+  'demo-login': { run: demoLogin, needs: 'gateway', explicit: true },
   'provider-smoke': { run: providerSmoke, needs: 'provider' },
   'provider-two-tabs': { run: providerTwoTabs, needs: 'provider' },
   'provider-refresh': { run: providerRefresh, needs: 'provider' },
@@ -616,7 +647,8 @@ function selected() {
   // With GATEWAY_URL: the gateway scenarios (PROVIDER_URL then only sharpens their checks).
   // Without it: the provider scenarios, against PROVIDER_URL.
   const wanted = GATEWAY ? 'gateway' : PROVIDER ? 'provider' : undefined;
-  const names = Object.keys(SCENARIOS).filter((n) => SCENARIOS[n].needs === wanted);
+  // Scenarios marked `explicit` (the demo's) run only when named.
+  const names = Object.keys(SCENARIOS).filter((n) => SCENARIOS[n].needs === wanted && !SCENARIOS[n].explicit);
   if (!names.length) {
     console.error('set GATEWAY_URL (gateway scenarios) and/or PROVIDER_URL (provider scenarios)');
     process.exit(2);

@@ -356,3 +356,33 @@ async fn explicit_endpoints_login_in_a_real_browser() {
         Some("alice")
     );
 }
+
+/// `gatehouse demo` as a newcomer meets it: open the printed URL, sign in at the development
+/// provider with a name and a group, land on the echo page showing the identity, sign out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_logs_a_person_in_through_a_real_browser() {
+    if !browser_prerequisites("the_demo_logs_a_person_in_through_a_real_browser") {
+        return;
+    }
+    require_node_modules();
+    let mut cmd = std::process::Command::new(crate::support::BIN);
+    cmd.args(["demo", "--listen", "127.0.0.1:0"]);
+    let (child, addr, output) =
+        crate::support::spawn_and_wait(cmd, "Gatehouse demo ready", |line| {
+            let url = line.split("open ").nth(1)?.trim();
+            url.strip_prefix("http://")?
+                .trim_end_matches('/')
+                .parse()
+                .ok()
+        });
+    let _demo = crate::support::ChildGuard(child);
+    let scenarios = ["demo-login"];
+    let env = vec![("GATEWAY_URL", format!("http://{addr}"))];
+    let (ok, lines) = tokio::task::spawn_blocking(move || run_browser(&scenarios, &env))
+        .await
+        .unwrap();
+    if !ok {
+        eprintln!("demo output:\n{}", output.lock().unwrap().join("\n"));
+    }
+    assert_browser_passed(ok, &lines, &scenarios);
+}
