@@ -101,6 +101,8 @@ struct SigningKey {
     kid: String,
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// The public key as an uncompressed SEC1 point (`0x04 ‖ x ‖ y`).
+    public_point: Vec<u8>,
     /// The public JWK, served as is at `/jwks`.
     jwk: Value,
 }
@@ -175,11 +177,42 @@ impl State {
     }
 }
 
+/// A deliberate defect in the ID tokens the provider issues, to test that a relying party
+/// (the gateway, or any other OIDC client) refuses them. See
+/// [`DevProvider::with_id_token_fault`].
+///
+/// For testing clients only: no provider has a fault unless a test asks for one, and
+/// `gatehouse demo` never sets one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdTokenFault {
+    /// Correctly built and signed, then one byte of the signature is flipped.
+    BadSignature,
+    /// `iss` names another issuer (signed with the provider's real key).
+    WrongIssuer,
+    /// `aud` and `azp` name another client (signed with the provider's real key).
+    WrongAudience,
+    /// `exp` an hour in the past, `iat` a token lifetime before that.
+    Expired,
+    /// `iat` (and `exp`) an hour in the future.
+    IssuedInFuture,
+    /// Unsigned: header `{"alg":"none"}` and an empty signature (RFC 7519 §6).
+    AlgNone,
+    /// `nonce` is not the one the client sent in its authorization request.
+    WrongNonce,
+    /// Signed with a freshly generated key whose `kid` is not in the JWKS.
+    UnknownKid,
+    /// Algorithm confusion: `HS256` with the provider's `kid`, keyed with the public key's
+    /// bytes (the uncompressed SEC1 point from the JWKS) as the HMAC secret.
+    HmacWithPublicKey,
+}
+
 /// The development OpenID provider. Cheap to share behind an `Arc`; all state is in memory.
 pub struct DevProvider {
     issuer: String,
     access_token_ttl: Duration,
     refresh_token_ttl: Duration,
+    /// Off (`None`) unless a test turns it on with [`DevProvider::with_id_token_fault`].
+    id_token_fault: Option<IdTokenFault>,
     key: SigningKey,
     /// The `gatehouse` client.
     gateway: Client,
@@ -193,6 +226,7 @@ impl std::fmt::Debug for DevProvider {
         f.debug_struct("DevProvider")
             .field("issuer", &self.issuer)
             .field("kid", &self.key.kid)
+            .field("id_token_fault", &self.id_token_fault)
             .field("gateway", &self.gateway)
             .field("service", &self.service)
             .finish_non_exhaustive()
@@ -304,6 +338,7 @@ impl DevProvider {
             issuer,
             access_token_ttl: DEFAULT_ACCESS_TOKEN_TTL,
             refresh_token_ttl: DEFAULT_REFRESH_TOKEN_TTL,
+            id_token_fault: None,
             key,
             gateway: Client {
                 id: GATEWAY_CLIENT_ID.to_owned(),
@@ -334,6 +369,17 @@ impl DevProvider {
     /// Sets the lifetime of refresh tokens (default 8 h).
     pub fn with_refresh_token_ttl(mut self, ttl: Duration) -> Self {
         self.refresh_token_ttl = ttl;
+        self
+    }
+
+    /// Makes every ID token issued at the token endpoint (authorization code and refresh
+    /// grants) carry `fault`, so that tests can check a relying party refuses it. Access
+    /// tokens, `/userinfo` and everything else stay correct.
+    ///
+    /// For testing clients only — a misbehaving provider on purpose. It is never on by
+    /// default, and `gatehouse demo` never turns it on.
+    pub fn with_id_token_fault(mut self, fault: IdTokenFault) -> Self {
+        self.id_token_fault = Some(fault);
         self
     }
 
@@ -1062,9 +1108,81 @@ impl DevProvider {
                 preferred_username: has("profile").then(|| login.name.clone()),
                 groups: login.groups.clone(),
             };
-            body["id_token"] = Value::String(self.sign(&id, "JWT")?);
+            body["id_token"] = Value::String(self.sign_id_token(id)?);
         }
         Ok(body)
+    }
+
+    /// Signs an ID token, with the configured [`IdTokenFault`] if there is one.
+    fn sign_id_token(&self, mut id: IdClaims) -> Result<String, OAuthError> {
+        const HOUR: u64 = 3600;
+        let Some(fault) = self.id_token_fault else {
+            return self.sign(&id, "JWT");
+        };
+        tracing::warn!(
+            ?fault,
+            "development provider: issuing a deliberately faulty ID token"
+        );
+        let fail = |err: &dyn std::fmt::Display| {
+            tracing::error!(error = %err, "development provider: faulty signing failed");
+            OAuthError::server_error()
+        };
+        match fault {
+            IdTokenFault::BadSignature => {
+                let token = self.sign(&id, "JWT")?;
+                let (signed, signature) = token.rsplit_once('.').ok_or_else(|| fail(&"no dot"))?;
+                let mut raw = URL_SAFE_NO_PAD.decode(signature).map_err(|e| fail(&e))?;
+                let first = raw.first_mut().ok_or_else(|| fail(&"empty signature"))?;
+                *first ^= 0x01;
+                Ok(format!("{signed}.{}", URL_SAFE_NO_PAD.encode(raw)))
+            }
+            IdTokenFault::WrongIssuer => {
+                id.iss = "https://attacker.example".to_owned();
+                self.sign(&id, "JWT")
+            }
+            IdTokenFault::WrongAudience => {
+                id.aud = "another-client".to_owned();
+                id.azp = "another-client".to_owned();
+                self.sign(&id, "JWT")
+            }
+            IdTokenFault::Expired => {
+                let lifetime = id.exp.saturating_sub(id.iat);
+                id.exp = id.iat.saturating_sub(HOUR);
+                id.iat = id.exp.saturating_sub(lifetime);
+                self.sign(&id, "JWT")
+            }
+            IdTokenFault::IssuedInFuture => {
+                id.iat += HOUR;
+                id.exp += HOUR;
+                self.sign(&id, "JWT")
+            }
+            IdTokenFault::WrongNonce => {
+                id.nonce = Some(random_token(16));
+                self.sign(&id, "JWT")
+            }
+            IdTokenFault::AlgNone => {
+                let claims = serde_json::to_vec(&id).map_err(|e| fail(&e))?;
+                Ok(format!(
+                    "{}.{}.",
+                    URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
+                    URL_SAFE_NO_PAD.encode(claims)
+                ))
+            }
+            IdTokenFault::UnknownKid => {
+                let stranger = generate_signing_key().map_err(|e| fail(&e))?;
+                let mut header = Header::new(Algorithm::ES256);
+                header.typ = Some("JWT".to_owned());
+                header.kid = Some(stranger.kid.clone());
+                jsonwebtoken::encode(&header, &id, &stranger.encoding).map_err(|e| fail(&e))
+            }
+            IdTokenFault::HmacWithPublicKey => {
+                let mut header = Header::new(Algorithm::HS256);
+                header.typ = Some("JWT".to_owned());
+                header.kid = Some(self.key.kid.clone());
+                let secret = EncodingKey::from_secret(&self.key.public_point);
+                jsonwebtoken::encode(&header, &id, &secret).map_err(|e| fail(&e))
+            }
+        }
     }
 
     fn sign<T: Serialize>(&self, claims: &T, typ: &str) -> Result<String, OAuthError> {
@@ -1247,6 +1365,7 @@ fn generate_signing_key() -> Result<SigningKey, ProviderError> {
         kid,
         encoding: EncodingKey::from_ec_der(pkcs8.as_ref()),
         decoding,
+        public_point: point.to_vec(),
         jwk,
     })
 }

@@ -664,3 +664,72 @@ fn secrets_do_not_leak_through_debug() {
     assert!(!shown.contains(p.gateway_client_secret().expose().as_str()));
     assert!(!shown.contains(p.service_client_secret().expose().as_str()));
 }
+
+#[tokio::test]
+async fn id_token_faults_break_exactly_what_they_name() {
+    assert_eq!(provider().id_token_fault, None, "no fault by default");
+    for fault in [
+        IdTokenFault::BadSignature,
+        IdTokenFault::WrongIssuer,
+        IdTokenFault::WrongAudience,
+        IdTokenFault::Expired,
+        IdTokenFault::IssuedInFuture,
+        IdTokenFault::AlgNone,
+        IdTokenFault::WrongNonce,
+        IdTokenFault::UnknownKid,
+        IdTokenFault::HmacWithPublicKey,
+    ] {
+        let p = provider().with_id_token_fault(fault);
+        let t = code_tokens(&p).await;
+        let id_token = t["id_token"].as_str().unwrap();
+        let key = jwks_key(&p, &p.key.kid).await;
+        let mut v = Validation::new(Algorithm::ES256);
+        v.set_issuer(&[ISS]);
+        v.set_audience(&[GATEWAY_CLIENT_ID]);
+        let verdict = jsonwebtoken::decode::<Value>(id_token, &key, &v);
+        // The access token is untouched.
+        assert!(
+            p.verify_access_token(t["access_token"].as_str().unwrap())
+                .is_some(),
+            "{fault:?}"
+        );
+        let (_, payload) = id_token.split_once('.').unwrap();
+        let payload = payload.split('.').next().unwrap();
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        let now = now_secs();
+        match fault {
+            IdTokenFault::WrongNonce => {
+                let claims = verdict.unwrap().claims;
+                assert_ne!(claims["nonce"], "n-456");
+            }
+            IdTokenFault::Expired => {
+                assert!(claims["exp"].as_u64().unwrap() + 3000 < now, "{claims}");
+                assert!(verdict.is_err());
+            }
+            IdTokenFault::IssuedInFuture => {
+                assert!(claims["iat"].as_u64().unwrap() > now + 3000, "{claims}");
+                // jsonwebtoken does not check iat itself: the signature and exp are fine.
+                assert!(verdict.is_ok());
+            }
+            IdTokenFault::AlgNone => {
+                assert!(id_token.ends_with('.'), "{id_token}");
+                assert!(verdict.is_err());
+            }
+            IdTokenFault::UnknownKid => {
+                let header = jsonwebtoken::decode_header(id_token).unwrap();
+                assert_ne!(header.kid.as_deref(), Some(p.key.kid.as_str()));
+                assert!(verdict.is_err());
+            }
+            IdTokenFault::HmacWithPublicKey => {
+                assert!(verdict.is_err());
+                let mut hs = Validation::new(Algorithm::HS256);
+                hs.set_issuer(&[ISS]);
+                hs.set_audience(&[GATEWAY_CLIENT_ID]);
+                let secret = DecodingKey::from_secret(&p.key.public_point);
+                assert!(jsonwebtoken::decode::<Value>(id_token, &secret, &hs).is_ok());
+            }
+            _ => assert!(verdict.is_err(), "{fault:?}"),
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! A provider that issues bad ID tokens on purpose (`DevProvider::with_id_token_fault`), in front
+//! of the real gateway binary: every forged, misaddressed, stale or unsigned ID token must end the
+//! login with the 400 "could not be verified" page — no session, and the app never reached.
+//! Named after the attack. The small harness is a private copy of the one in `login.rs`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gatehouse::demo::provider::{self, DevProvider, IdTokenFault};
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::upstream::Upstream;
+use crate::support::{Gateway, Reply, send};
+
+/// The development provider (optionally faulty) on 127.0.0.1, the app, and a gateway in front.
+struct World {
+    provider: Arc<DevProvider>,
+    app: Upstream,
+    gw: Gateway,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+impl World {
+    async fn start(fault: Option<IdTokenFault>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let gw_addr = free_addr();
+        let public = format!("http://{gw_addr}");
+        let mut provider = DevProvider::new(&issuer, &public).unwrap();
+        if let Some(fault) = fault {
+            provider = provider.with_id_token_fault(fault);
+        }
+        let provider = Arc::new(provider);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(provider::serve(provider.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        let app = Upstream::start().await;
+        let config = format!(
+            "[server]\nlisten = \"{gw_addr}\"\npublic_url = \"{public}\"\n\n\
+             [provider]\nissuer = \"{issuer}\"\nclient_id = \"gatehouse\"\nclient_secret = \"{secret}\"\n\n\
+             [session]\nsecret = \"c2Vzc2lvbi1zZWNyZXQtZm9yLXRlc3RzLW9ubHktMzJieXRlcyE=\"\n\n\
+             [[upstreams]]\nurl = \"{app}\"\n",
+            secret = provider.gateway_client_secret().expose(),
+            app = app.url(),
+        );
+        let gw = Gateway::start(&config);
+        let world = Self {
+            provider,
+            app,
+            gw,
+            _stop: stop,
+        };
+        world.wait_ready().await;
+        world
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if crate::support::get(&self.gw.url("/readyz")).await.status == 200 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gateway never became ready"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Keeps cookies per host:port like a browser (`Max-Age=0` deletes).
+#[derive(Default)]
+struct Browser {
+    jars: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Browser {
+    async fn get(&mut self, url: &str) -> Reply {
+        self.request("GET", url, None).await
+    }
+
+    async fn request(&mut self, method: &str, url: &str, form: Option<String>) -> Reply {
+        let uri: http::Uri = url.parse().unwrap();
+        let host = uri.authority().unwrap().to_string();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(url)
+            .header("accept", "text/html,application/xhtml+xml")
+            .header("sec-fetch-mode", "navigate");
+        let jar = self.jars.entry(host).or_default();
+        if !jar.is_empty() {
+            let cookie = jar
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            req = req.header("cookie", cookie);
+        }
+        let body = match form {
+            Some(f) => {
+                req = req.header("content-type", "application/x-www-form-urlencoded");
+                Bytes::from(f)
+            }
+            None => Bytes::new(),
+        };
+        let reply = send(req.body(Full::new(body)).unwrap()).await;
+        for set in reply.headers.get_all("set-cookie") {
+            let set = set.to_str().unwrap();
+            let (pair, attrs) = set.split_once(';').unwrap_or((set, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if attrs.to_ascii_lowercase().contains("max-age=0") {
+                jar.remove(name.trim());
+            } else {
+                jar.insert(name.trim().to_owned(), value.trim().to_owned());
+            }
+        }
+        reply
+    }
+}
+
+fn location(reply: &Reply) -> String {
+    assert!(
+        reply.status.is_redirection(),
+        "expected a redirect, got {}: {}",
+        reply.status,
+        reply.text()
+    );
+    reply.headers["location"].to_str().unwrap().to_owned()
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        + marker.len();
+    html[start..start + html[start..].find('"').unwrap()].to_owned()
+}
+
+/// Signs in as alice at the provider, starting from `/app`, and returns the gateway's answer
+/// to the callback (where the ID token is checked).
+async fn callback_reply(world: &World, browser: &mut Browser) -> Reply {
+    let to_provider = location(&browser.get(&world.gw.url("/app")).await);
+    assert!(
+        to_provider.starts_with(world.provider.issuer()),
+        "{to_provider}"
+    );
+    let form_page = browser.get(&to_provider).await;
+    assert_eq!(form_page.status, 200, "{}", form_page.text());
+    let request_id = hidden(&form_page.text(), "request_id");
+    let back = browser
+        .request(
+            "POST",
+            &format!("{}/authorize", world.provider.issuer()),
+            Some(format!(
+                "request_id={request_id}&username=alice&email=alice%40example.com&action=login"
+            )),
+        )
+        .await;
+    let callback = location(&back);
+    assert!(
+        callback.starts_with(&world.gw.url("/oauth2/callback")),
+        "{callback}"
+    );
+    browser.get(&callback).await
+}
+
+/// The whole login with `fault` must fail closed at the callback, and the gateway must log that
+/// it rejected the ID token for `reason` (so each test proves the check it is named after).
+async fn refused(fault: IdTokenFault, reason: &str) {
+    let world = World::start(Some(fault)).await;
+    let mut browser = Browser::default();
+    let reply = callback_reply(&world, &mut browser).await;
+    assert_eq!(
+        reply.status,
+        400,
+        "{fault:?}: the callback answered {} (location {:?}): {}",
+        reply.status,
+        reply.headers.get("location"),
+        reply.text()
+    );
+    assert!(
+        reply.text().contains("could not be verified"),
+        "{fault:?}: {}",
+        reply.text()
+    );
+    for set in reply.headers.get_all("set-cookie") {
+        let set = set.to_str().unwrap().to_ascii_lowercase();
+        assert!(
+            set.contains("max-age=0"),
+            "{fault:?}: the refused callback set a live cookie: {set}"
+        );
+    }
+    assert_eq!(
+        world.app.count(),
+        0,
+        "{fault:?}: the app was reached: {:?}",
+        world
+            .app
+            .seen()
+            .iter()
+            .map(|s| s.target.clone())
+            .collect::<Vec<_>>()
+    );
+    let info = browser.get(&world.gw.url("/oauth2/userinfo")).await;
+    assert_eq!(info.status, 401, "{fault:?}: {}", info.text());
+    assert_eq!(world.app.count(), 0, "{fault:?}: the app was reached");
+    let logs = world.gw.wait_for_log(reason).await;
+    assert!(
+        logs.contains("ID token rejected") && logs.contains(reason),
+        "{fault:?}: expected the rejection reason {reason:?} in the gateway's logs:\n{logs}"
+    );
+}
+
+/// The control: the same flow without a fault signs in, so the refusals below are about the
+/// tokens and not the harness.
+#[tokio::test]
+async fn without_a_fault_the_same_login_succeeds() {
+    let world = World::start(None).await;
+    let mut browser = Browser::default();
+    let reply = callback_reply(&world, &mut browser).await;
+    assert_eq!(location(&reply), "/app");
+    let info = browser.get(&world.gw.url("/oauth2/userinfo")).await;
+    assert_eq!(info.status, 200, "{}", info.text());
+    assert_eq!(info.json()["user"], "alice");
+}
+
+#[tokio::test]
+async fn an_id_token_with_a_forged_signature_is_refused() {
+    refused(IdTokenFault::BadSignature, "ID token signature is invalid").await;
+}
+
+#[tokio::test]
+async fn an_id_token_from_another_issuer_is_refused() {
+    refused(IdTokenFault::WrongIssuer, "ID token issuer is wrong").await;
+}
+
+#[tokio::test]
+async fn an_id_token_for_another_audience_is_refused() {
+    refused(
+        IdTokenFault::WrongAudience,
+        "ID token audience does not contain our client id",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_expired_id_token_is_refused() {
+    refused(IdTokenFault::Expired, "ID token has expired").await;
+}
+
+#[tokio::test]
+async fn an_id_token_issued_in_the_future_is_refused() {
+    refused(
+        IdTokenFault::IssuedInFuture,
+        "ID token was issued in the future",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn alg_none_id_tokens_are_refused() {
+    // The empty signature segment is refused before the header is even read; a `none` token
+    // with a non-empty signature is the algorithm check's case (src/oidc/tests.rs).
+    refused(
+        IdTokenFault::AlgNone,
+        "ID token is not a compact JWS of three segments",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_id_token_with_another_logins_nonce_is_refused() {
+    refused(IdTokenFault::WrongNonce, "ID token nonce does not match").await;
+}
+
+#[tokio::test]
+async fn an_id_token_signed_by_a_key_not_in_the_jwks_is_refused() {
+    refused(
+        IdTokenFault::UnknownKid,
+        "no key of the provider matches the ID token",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn hs256_signed_with_the_public_key_is_refused() {
+    refused(
+        IdTokenFault::HmacWithPublicKey,
+        "ID token algorithm is not allowed",
+    )
+    .await;
+}
