@@ -283,6 +283,28 @@ async fn encoded_separators_and_control_characters_in_the_target_are_refused() {
 }
 
 #[tokio::test]
+async fn a_fragment_in_the_request_target_cannot_reach_another_path() {
+    let public = Upstream::start().await;
+    let private = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        "[[upstreams]]\nurl = \"{}\"\npath_prefix = \"/public\"\n\n[[upstreams]]\nurl = \"{}\"\n",
+        public.url(),
+        private.url()
+    ));
+    // The HTTP parser cuts the target at `#` before routing sees it, so the route and the
+    // upstream both get the same `/public/a`; the rest never travels.
+    let answer = raw_exchange(
+        gw.addr,
+        b"GET /public/a#/../../admin HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(public.last().target, "/public/a");
+    assert_eq!(private.count(), 0);
+}
+
+#[tokio::test]
 async fn the_query_string_never_takes_part_in_routing() {
     let public = Upstream::start().await;
     let private = Upstream::start().await;
