@@ -1,153 +1,12 @@
 //! A provider that issues bad ID tokens on purpose (`DevProvider::with_id_token_fault`), in front
 //! of the real gateway binary: every forged, misaddressed, stale or unsigned ID token must end the
 //! login with the 400 "could not be verified" page — no session, and the app never reached.
-//! Named after the attack. The small harness is a private copy of the one in `login.rs`.
+//! Named after the attack.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use gatehouse::demo::provider::IdTokenFault;
 
-use bytes::Bytes;
-use gatehouse::demo::provider::{self, DevProvider, IdTokenFault};
-use http::Request;
-use http_body_util::Full;
-
-use crate::support::upstream::Upstream;
-use crate::support::{Gateway, Reply, send};
-
-/// The development provider (optionally faulty) on 127.0.0.1, the app, and a gateway in front.
-struct World {
-    provider: Arc<DevProvider>,
-    app: Upstream,
-    gw: Gateway,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-impl World {
-    async fn start(fault: Option<IdTokenFault>) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let issuer = format!("http://{}", listener.local_addr().unwrap());
-        let gw_addr = free_addr();
-        let public = format!("http://{gw_addr}");
-        let mut provider = DevProvider::new(&issuer, &public).unwrap();
-        if let Some(fault) = fault {
-            provider = provider.with_id_token_fault(fault);
-        }
-        let provider = Arc::new(provider);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(provider::serve(provider.clone(), listener, async {
-            let _ = stopped.await;
-        }));
-        let app = Upstream::start().await;
-        let config = format!(
-            "[server]\nlisten = \"{gw_addr}\"\npublic_url = \"{public}\"\n\n\
-             [provider]\nissuer = \"{issuer}\"\nclient_id = \"gatehouse\"\nclient_secret = \"{secret}\"\n\n\
-             [session]\nsecret = \"c2Vzc2lvbi1zZWNyZXQtZm9yLXRlc3RzLW9ubHktMzJieXRlcyE=\"\n\n\
-             [[upstreams]]\nurl = \"{app}\"\n",
-            secret = provider.gateway_client_secret().expose(),
-            app = app.url(),
-        );
-        let gw = Gateway::start(&config);
-        let world = Self {
-            provider,
-            app,
-            gw,
-            _stop: stop,
-        };
-        world.wait_ready().await;
-        world
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            if crate::support::get(&self.gw.url("/readyz")).await.status == 200 {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "gateway never became ready"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Keeps cookies per host:port like a browser (`Max-Age=0` deletes).
-#[derive(Default)]
-struct Browser {
-    jars: BTreeMap<String, BTreeMap<String, String>>,
-}
-
-impl Browser {
-    async fn get(&mut self, url: &str) -> Reply {
-        self.request("GET", url, None).await
-    }
-
-    async fn request(&mut self, method: &str, url: &str, form: Option<String>) -> Reply {
-        let uri: http::Uri = url.parse().unwrap();
-        let host = uri.authority().unwrap().to_string();
-        let mut req = Request::builder()
-            .method(method)
-            .uri(url)
-            .header("accept", "text/html,application/xhtml+xml")
-            .header("sec-fetch-mode", "navigate");
-        let jar = self.jars.entry(host).or_default();
-        if !jar.is_empty() {
-            let cookie = jar
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            req = req.header("cookie", cookie);
-        }
-        let body = match form {
-            Some(f) => {
-                req = req.header("content-type", "application/x-www-form-urlencoded");
-                Bytes::from(f)
-            }
-            None => Bytes::new(),
-        };
-        let reply = send(req.body(Full::new(body)).unwrap()).await;
-        for set in reply.headers.get_all("set-cookie") {
-            let set = set.to_str().unwrap();
-            let (pair, attrs) = set.split_once(';').unwrap_or((set, ""));
-            let (name, value) = pair.split_once('=').unwrap();
-            if attrs.to_ascii_lowercase().contains("max-age=0") {
-                jar.remove(name.trim());
-            } else {
-                jar.insert(name.trim().to_owned(), value.trim().to_owned());
-            }
-        }
-        reply
-    }
-}
-
-fn location(reply: &Reply) -> String {
-    assert!(
-        reply.status.is_redirection(),
-        "expected a redirect, got {}: {}",
-        reply.status,
-        reply.text()
-    );
-    reply.headers["location"].to_str().unwrap().to_owned()
-}
-
-fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {name} in {html}"))
-        + marker.len();
-    html[start..start + html[start..].find('"').unwrap()].to_owned()
-}
+use crate::support::Reply;
+use crate::support::world::{Browser, World, hidden, location};
 
 /// Signs in as alice at the provider, starting from `/app`, and returns the gateway's answer
 /// to the callback (where the ID token is checked).
@@ -180,7 +39,7 @@ async fn callback_reply(world: &World, browser: &mut Browser) -> Reply {
 /// The whole login with `fault` must fail closed at the callback, and the gateway must log that
 /// it rejected the ID token for `reason` (so each test proves the check it is named after).
 async fn refused(fault: IdTokenFault, reason: &str) {
-    let world = World::start(Some(fault)).await;
+    let world = World::start_with(Some(fault), "").await;
     let mut browser = Browser::default();
     let reply = callback_reply(&world, &mut browser).await;
     assert_eq!(
@@ -228,7 +87,7 @@ async fn refused(fault: IdTokenFault, reason: &str) {
 /// tokens and not the harness.
 #[tokio::test]
 async fn without_a_fault_the_same_login_succeeds() {
-    let world = World::start(None).await;
+    let world = World::start("").await;
     let mut browser = Browser::default();
     let reply = callback_reply(&world, &mut browser).await;
     assert_eq!(location(&reply), "/app");

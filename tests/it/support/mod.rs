@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod upstream;
+pub mod world;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

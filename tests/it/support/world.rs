@@ -1,0 +1,174 @@
+//! The login world shared by the login tests: the development provider served in this process
+//! (optionally issuing faulty ID tokens), a recording app, the real gateway binary in front, and
+//! a tiny cookie-keeping "browser" that follows the login over HTTP.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gatehouse::demo::provider::{self, DevProvider, IdTokenFault};
+use http::Request;
+use http_body_util::Full;
+
+use super::upstream::Upstream;
+use super::{Gateway, Reply, send};
+
+/// The development provider on 127.0.0.1, the app, and a gateway in front of it.
+pub struct World {
+    pub provider: Arc<DevProvider>,
+    pub app: Upstream,
+    pub gw: Gateway,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+impl World {
+    /// A world whose gateway configuration gets `extra` TOML before its upstream.
+    pub async fn start(extra: &str) -> Self {
+        Self::start_with(None, extra).await
+    }
+
+    /// The same, with a provider that issues ID tokens with `fault`.
+    pub async fn start_with(fault: Option<IdTokenFault>, extra: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let gw_addr = free_addr();
+        let public = format!("http://{gw_addr}");
+        let mut provider = DevProvider::new(&issuer, &public).unwrap();
+        if let Some(fault) = fault {
+            provider = provider.with_id_token_fault(fault);
+        }
+        let provider = Arc::new(provider);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(provider::serve(provider.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        let app = Upstream::start().await;
+        let config = format!(
+            "[server]\nlisten = \"{gw_addr}\"\npublic_url = \"{public}\"\n\n\
+             [provider]\nissuer = \"{issuer}\"\nclient_id = \"gatehouse\"\nclient_secret = \"{secret}\"\n\n\
+             [session]\nsecret = \"c2Vzc2lvbi1zZWNyZXQtZm9yLXRlc3RzLW9ubHktMzJieXRlcyE=\"\n\n\
+             {extra}\n\
+             [[upstreams]]\nurl = \"{app}\"\n",
+            secret = provider.gateway_client_secret().expose(),
+            app = app.url(),
+        );
+        let gw = Gateway::start(&config);
+        let world = Self {
+            provider,
+            app,
+            gw,
+            _stop: stop,
+        };
+        world.wait_ready().await;
+        world
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let reply = crate::support::get(&self.gw.url("/readyz")).await;
+            if reply.status == 200 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gateway never became ready"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn browser(&self) -> Browser {
+        Browser::default()
+    }
+}
+
+/// Keeps cookies per host:port like a browser (path and expiry simplified: `Max-Age=0` deletes).
+#[derive(Default, Clone)]
+pub struct Browser {
+    jars: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Browser {
+    pub async fn get(&mut self, url: &str) -> Reply {
+        self.request("GET", url, None).await
+    }
+
+    pub async fn request(&mut self, method: &str, url: &str, form: Option<String>) -> Reply {
+        let uri: http::Uri = url.parse().unwrap();
+        let host = uri.authority().unwrap().to_string();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(url)
+            .header("accept", "text/html,application/xhtml+xml")
+            .header("sec-fetch-mode", "navigate");
+        let jar = self.jars.entry(host.clone()).or_default();
+        if !jar.is_empty() {
+            let cookie = jar
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            req = req.header("cookie", cookie);
+        }
+        let body = match form {
+            Some(f) => {
+                req = req.header("content-type", "application/x-www-form-urlencoded");
+                Bytes::from(f)
+            }
+            None => Bytes::new(),
+        };
+        let reply = send(req.body(Full::new(body)).unwrap()).await;
+        for set in reply.headers.get_all("set-cookie") {
+            let set = set.to_str().unwrap();
+            let (pair, attrs) = set.split_once(';').unwrap_or((set, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            let expired = attrs.to_ascii_lowercase().contains("max-age=0");
+            if expired {
+                jar.remove(name.trim());
+            } else {
+                jar.insert(name.trim().to_owned(), value.trim().to_owned());
+            }
+        }
+        reply
+    }
+
+    pub fn cookies(&self, host: &str) -> BTreeMap<String, String> {
+        self.jars.get(host).cloned().unwrap_or_default()
+    }
+}
+
+pub fn location(reply: &Reply) -> String {
+    assert!(
+        reply.status.is_redirection(),
+        "expected a redirect, got {}: {}",
+        reply.status,
+        reply.text()
+    );
+    reply.headers["location"].to_str().unwrap().to_owned()
+}
+
+pub fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http") {
+        location.to_owned()
+    } else {
+        format!("{base}{location}")
+    }
+}
+
+pub fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        + marker.len();
+    html[start..start + html[start..].find('"').unwrap()].to_owned()
+}
