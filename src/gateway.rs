@@ -150,14 +150,13 @@ impl Gateway {
                     set_cookies = refreshed;
                     Some(identity)
                 }
-                Authn::Anonymous => {
-                    let stale = login.clear_stale(req.headers());
+                Authn::Anonymous { clear } => {
                     let resp = if pages::is_navigation(req.method(), req.headers()) {
                         login.start(req.headers(), &return_path(ctx, req.uri()))
                     } else {
                         login::unauthorized_json(login.prefix())
                     };
-                    return Ok(with_cookies(resp, stale));
+                    return Ok(with_cookies(resp, clear));
                 }
             },
         };

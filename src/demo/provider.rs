@@ -148,6 +148,29 @@ struct RefreshGrant {
     expires: u64,
 }
 
+impl State {
+    /// A new refresh token for this login and client, remembered until `expires`.
+    fn issue_refresh(
+        &mut self,
+        client_id: &str,
+        scope: &[String],
+        sid: &str,
+        expires: u64,
+    ) -> String {
+        let token = random_token(32);
+        self.refresh.insert(
+            token.clone(),
+            RefreshGrant {
+                client_id: client_id.to_owned(),
+                scope: scope.to_vec(),
+                sid: sid.to_owned(),
+                expires,
+            },
+        );
+        token
+    }
+}
+
 #[derive(Default)]
 struct State {
     pending: HashMap<String, Pending>,
@@ -917,15 +940,11 @@ impl DevProvider {
             .get(&grant.sid)
             .cloned()
             .ok_or_else(|| OAuthError::invalid_grant("the sign-in has ended"))?;
-        let refresh_token = random_token(32);
-        state.refresh.insert(
-            refresh_token.clone(),
-            RefreshGrant {
-                client_id: client.id.clone(),
-                scope: grant.scope.clone(),
-                sid: grant.sid.clone(),
-                expires: now + self.refresh_token_ttl.as_secs(),
-            },
+        let refresh_token = state.issue_refresh(
+            &client.id,
+            &grant.scope,
+            &grant.sid,
+            now + self.refresh_token_ttl.as_secs(),
         );
         drop(state);
         self.user_tokens(
@@ -992,15 +1011,11 @@ impl DevProvider {
             token.to_owned(),
             (grant.sid.clone(), grant.expires.max(now + 60)),
         );
-        let refresh_token = random_token(32);
-        state.refresh.insert(
-            refresh_token.clone(),
-            RefreshGrant {
-                client_id: client.id.clone(),
-                scope: grant.scope.clone(),
-                sid: grant.sid.clone(),
-                expires: now + self.refresh_token_ttl.as_secs(),
-            },
+        let refresh_token = state.issue_refresh(
+            &client.id,
+            &grant.scope,
+            &grant.sid,
+            now + self.refresh_token_ttl.as_secs(),
         );
         drop(state);
         self.user_tokens(client, &login, &grant.sid, &scope, None, refresh_token, now)

@@ -69,7 +69,10 @@ pub struct Login {
 
 /// The outcome of looking for a session on a request.
 pub enum Authn {
-    Anonymous,
+    Anonymous {
+        /// Set-Cookie values that end a session the request carried but that has expired.
+        clear: Vec<HeaderValue>,
+    },
     Session {
         identity: Identity,
         /// Cookies to send back (the session re-sealed with a new last-seen time, or cleared).
@@ -116,8 +119,10 @@ impl Login {
     pub fn authenticate(&self, headers: &HeaderMap) -> Authn {
         let now = now();
         match self.cookies.load(headers, now) {
-            Loaded::None => Authn::Anonymous,
-            Loaded::Expired => Authn::Anonymous,
+            Loaded::None => Authn::Anonymous { clear: Vec::new() },
+            Loaded::Expired => Authn::Anonymous {
+                clear: self.cookies.clear(headers),
+            },
             Loaded::Valid { mut session, touch } => {
                 let mut set_cookies = Vec::new();
                 if touch {
@@ -130,18 +135,10 @@ impl Login {
                     }
                 }
                 Authn::Session {
-                    identity: identity_of(&session),
+                    identity: identity_of(session),
                     set_cookies,
                 }
             }
-        }
-    }
-
-    /// The Set-Cookie values that end a stale session a request carried.
-    pub fn clear_stale(&self, headers: &HeaderMap) -> Vec<HeaderValue> {
-        match self.cookies.load(headers, now()) {
-            Loaded::Expired => self.cookies.clear(headers),
-            _ => Vec::new(),
         }
     }
 
@@ -362,7 +359,7 @@ impl Login {
             // Never kept, never sent back as a logout hint: nobody checked it.
             session.id_token = None;
         }
-        if let Decision::Deny(reason) = authorizer.admit(&identity_of(&session)) {
+        if let Decision::Deny(reason) = authorizer.admit(&identity_of(session.clone())) {
             tracing::info!(user = %session.sub, reason = %reason, "sign-in refused by the authorization rules");
             return with_cookies(forbidden_page(&reason, &self.prefix), set_cookies);
         }
@@ -438,7 +435,7 @@ impl Login {
                 ),
                 set_cookies,
             ),
-            Authn::Anonymous => unauthorized_json(&self.prefix),
+            Authn::Anonymous { .. } => unauthorized_json(&self.prefix),
         }
     }
 
@@ -447,15 +444,16 @@ impl Login {
     }
 }
 
-fn identity_of(session: &Session) -> Identity {
+/// The identity a session carries; takes the session so the request path copies nothing.
+fn identity_of(session: Session) -> Identity {
     Identity {
-        user: session.sub.clone(),
-        email: session.email.clone(),
+        user: session.sub,
+        email: session.email,
         email_verified: session.email_verified,
-        preferred_username: session.preferred_username.clone(),
-        groups: session.groups.clone(),
-        claims: session.claims.clone(),
-        access_token: session.access_token.clone(),
+        preferred_username: session.preferred_username,
+        groups: session.groups,
+        claims: session.claims,
+        access_token: session.access_token,
     }
 }
 
