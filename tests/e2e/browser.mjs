@@ -658,7 +658,7 @@ function selected() {
 
 async function runScenario(browser, name) {
   for (const f of readdirSync(ARTIFACTS)) {
-    if (f.startsWith(`${name}-`) && f.endsWith('.png')) rmSync(path.join(ARTIFACTS, f));
+    if (f.startsWith(`${name}-`) && f.endsWith('.png')) rmSync(path.join(ARTIFACTS, f), { force: true });
   }
   const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
   context.setDefaultTimeout(STEP_MS);

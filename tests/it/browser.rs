@@ -110,8 +110,15 @@ fn start_provider(redirect_uris: &str, post_logout_uris: &str) -> Provider {
 
 /// Runs `node tests/e2e/browser.mjs ARGS` with `env`, streaming every line it prints into the
 /// test's output, and returns (exit success, the `ok`/`FAIL` lines).
-fn run_browser(args: &[&str], env: &[(&str, String)]) -> (bool, Vec<String>) {
+/// Runs browser.mjs with `args` (scenario names) and `env`. Screenshots go to
+/// `tests/e2e/artifacts/<test>/`: the browser tests run concurrently, and a shared directory let
+/// one run delete the other's screenshots while it was clearing its own.
+fn run_browser(test: &str, args: &[&str], env: &[(&str, String)]) -> (bool, Vec<String>) {
     let mut cmd = Command::new("node");
+    cmd.env(
+        "ARTIFACTS_DIR",
+        tests_dir().join("e2e/artifacts").join(test),
+    );
     cmd.arg(tests_dir().join("e2e/browser.mjs"))
         .args(args)
         .current_dir(tests_dir())
@@ -190,9 +197,15 @@ async fn provider_login_consent_and_logout_in_a_real_browser() {
         ("SMOKE_POST_LOGOUT_URI", post_logout),
         ("CLIENT_SECRET", CLIENT_SECRET.to_owned()),
     ];
-    let (ok, lines) = tokio::task::spawn_blocking(move || run_browser(&scenarios, &env))
-        .await
-        .unwrap();
+    let (ok, lines) = tokio::task::spawn_blocking(move || {
+        run_browser(
+            "provider_login_consent_and_logout_in_a_real_browser",
+            &scenarios,
+            &env,
+        )
+    })
+    .await
+    .unwrap();
     assert_browser_passed(ok, &lines, &scenarios);
 }
 
@@ -268,9 +281,15 @@ async fn login_flows_through_the_gateway_in_a_real_browser() {
         ("EXPECT_TEXT", "alice".to_owned()),
         ("EXPECT_FORBIDDEN", "not allowed".to_owned()),
     ];
-    let (ok, lines) = tokio::task::spawn_blocking(move || run_browser(&scenarios, &env))
-        .await
-        .unwrap();
+    let (ok, lines) = tokio::task::spawn_blocking(move || {
+        run_browser(
+            "login_flows_through_the_gateway_in_a_real_browser",
+            &scenarios,
+            &env,
+        )
+    })
+    .await
+    .unwrap();
     if !ok {
         eprintln!("gateway output:\n{}", gateway.logs());
     }
@@ -337,9 +356,15 @@ async fn explicit_endpoints_login_in_a_real_browser() {
         ("PROVIDER_URL", provider.issuer.clone()),
         ("EXPECT_TEXT", "alice".to_owned()),
     ];
-    let (ok, lines) = tokio::task::spawn_blocking(move || run_browser(&scenarios, &env))
-        .await
-        .unwrap();
+    let (ok, lines) = tokio::task::spawn_blocking(move || {
+        run_browser(
+            "explicit_endpoints_login_in_a_real_browser",
+            &scenarios,
+            &env,
+        )
+    })
+    .await
+    .unwrap();
     if !ok {
         eprintln!("gateway output:\n{}", gateway.logs());
     }
@@ -378,9 +403,15 @@ async fn the_demo_logs_a_person_in_through_a_real_browser() {
     let _demo = crate::support::ChildGuard(child);
     let scenarios = ["demo-login"];
     let env = vec![("GATEWAY_URL", format!("http://{addr}"))];
-    let (ok, lines) = tokio::task::spawn_blocking(move || run_browser(&scenarios, &env))
-        .await
-        .unwrap();
+    let (ok, lines) = tokio::task::spawn_blocking(move || {
+        run_browser(
+            "the_demo_logs_a_person_in_through_a_real_browser",
+            &scenarios,
+            &env,
+        )
+    })
+    .await
+    .unwrap();
     if !ok {
         eprintln!("demo output:\n{}", output.lock().unwrap().join("\n"));
     }

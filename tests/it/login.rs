@@ -348,3 +348,46 @@ async fn identity_header_names_and_token_passing_follow_the_configuration() {
         format!("Bearer {token}").as_str()
     );
 }
+
+#[tokio::test]
+async fn an_idle_session_is_refused_by_the_gateway_and_its_cookie_cleared() {
+    // The extra keys land in [session]. This client keeps sending the cookie whatever its
+    // Max-Age says, so only the gateway's own lifetime check can refuse it (rule 10).
+    let world = World::start("idle_timeout = \"1s\"\n").await;
+    let mut browser = world.browser();
+    let (page, _) = login(&world, &mut browser, "/", "alice", &[]).await;
+    assert_eq!(page.status, 200);
+    let jar = browser.cookies(&world.gw.addr.to_string());
+    let cookie = jar
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let seen_before = world.app.count();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let reply = send(
+        Request::get(world.gw.url("/private"))
+            .header("accept", "application/json")
+            .header("cookie", cookie)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 401, "{}", reply.text());
+    let cleared: Vec<&str> = reply
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter(|v| v.to_ascii_lowercase().contains("max-age=0"))
+        .collect();
+    assert!(
+        !cleared.is_empty(),
+        "the expired session cookie was not cleared"
+    );
+    assert_eq!(
+        world.app.count(),
+        seen_before,
+        "an expired session reached the app"
+    );
+}
