@@ -179,6 +179,10 @@ fn gateway_config(
          [session]\n\
          secret = {session_secret}\n\
          \n\
+         [bearer]\n\
+         enabled = true\n\
+         audiences = {audience}\n\
+         \n\
          [[upstreams]]\n\
          name = \"echo\"\n\
          url = {echo_url}\n",
@@ -188,6 +192,7 @@ fn gateway_config(
         client_id = quote(provider::GATEWAY_CLIENT_ID),
         client_secret = quote(secrets.client_secret),
         session_secret = quote(secrets.session_secret),
+        audience = format!("[{}]", quote(provider::ACCESS_TOKEN_AUDIENCE)),
         echo_url = quote(echo_url),
     )
 }
@@ -227,6 +232,11 @@ fn write_banner(
         out,
         "    curl -s -u {SERVICE_CLIENT_ID}:{secret} -d grant_type=client_credentials {issuer}/token",
         secret = service_secret.expose()
+    )?;
+    writeln!(out, "  and call the app with its access_token:")?;
+    writeln!(
+        out,
+        "    curl -s -H \"Authorization: Bearer $TOKEN\" http://{gateway}/"
     )?;
     writeln!(out)?;
     writeln!(out, "  Press Ctrl-C to stop.")?;
