@@ -239,7 +239,10 @@ impl Gateway {
             Some(login) if pages::is_navigation(req.method(), req.headers()) => {
                 login.start(req.headers(), &return_path(ctx, req.uri()))
             }
-            _ if self.bearer.is_some() => answer::missing(self.realm(), bridge),
+            _ if self.bearer.is_some() => {
+                let login_url = self.login.as_ref().map(|l| format!("{}/start", l.prefix()));
+                answer::missing(self.realm(), bridge, login_url.as_deref())
+            }
             Some(login) => login::unauthorized_json(login.prefix()),
             None => error::plain(StatusCode::FORBIDDEN, "forbidden\n"),
         }
@@ -326,7 +329,7 @@ impl Gateway {
             },
             Caller::Anonymous { clear } => {
                 let resp = match &self.bearer {
-                    Some(b) => answer::missing(b.realm(), bridge),
+                    Some(b) => answer::missing(b.realm(), bridge, None),
                     None => login::unauthorized_json(&self.prefix),
                 };
                 with_cookies(resp, clear)

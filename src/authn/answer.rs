@@ -44,11 +44,13 @@ fn basic_challenge(realm: &str) -> HeaderValue {
 /// No credential on a route that needs one: 401 with a bare challenge (RFC 6750 §3.1: no
 /// error code when the request had no authentication). `basic` adds a Basic challenge for
 /// routes with the password bridge.
-pub fn missing(realm: &str, basic: bool) -> Response<Body> {
-    let mut resp = pages::json(
-        StatusCode::UNAUTHORIZED,
-        &json!({"error": "unauthorized", "error_description": "a bearer token is required"}),
-    );
+/// `login_url` tells a script where a person would sign in, when browsers can.
+pub fn missing(realm: &str, basic: bool, login_url: Option<&str>) -> Response<Body> {
+    let mut body = json!({"error": "unauthorized", "error_description": "a bearer token or a session is required"});
+    if let Some(url) = login_url {
+        body["login_url"] = json!(url);
+    }
+    let mut resp = pages::json(StatusCode::UNAUTHORIZED, &body);
     let h = resp.headers_mut();
     h.insert(WWW_AUTHENTICATE, challenge(realm, None, None, None));
     if basic {
@@ -141,7 +143,7 @@ mod tests {
 
     #[test]
     fn challenges_follow_rfc_6750() {
-        let r = missing("api", false);
+        let r = missing("api", false, None);
         assert_eq!(r.status(), 401);
         assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer realm=\"api\"");
         let r = refused(
@@ -161,7 +163,7 @@ mod tests {
             r.headers()[WWW_AUTHENTICATE],
             "Bearer realm=\"api\", error=\"insufficient_scope\", error_description=\"the token lacks a scope this route requires\", scope=\"a:read b\""
         );
-        let r = missing("api", true);
+        let r = missing("api", true, None);
         let all: Vec<_> = r.headers().get_all(WWW_AUTHENTICATE).iter().collect();
         assert_eq!(all.len(), 2);
         assert_eq!(refused(Refusal::TooManyAttempts, "api").status(), 429);
