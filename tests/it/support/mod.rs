@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod issuer;
+pub mod oidc;
 pub mod upstream;
 pub mod world;
 
