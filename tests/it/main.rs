@@ -19,3 +19,4 @@ mod id_token_attacks;
 mod login;
 mod proxy;
 mod transport;
+mod upstream_token;
