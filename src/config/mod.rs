@@ -225,6 +225,40 @@ pub struct SessionConfig {
     /// `max_logins`, default 5: concurrent pending logins (tabs) per browser; the oldest is
     /// dropped.
     pub max_logins: usize,
+    /// `store`, default `"cookie"`: where sessions live.
+    pub store: StoreConfig,
+}
+
+/// `[session] store`: the whole session sealed in the browser's cookie, or in Redis with only a
+/// sealed random id in the cookie.
+#[derive(Debug, Clone, Default)]
+pub enum StoreConfig {
+    #[default]
+    Cookie,
+    Redis(RedisConfig),
+}
+
+/// `store = "redis"`: how to reach Redis. Passwords never stay in a URL (they are moved to
+/// `password`), so printing a URL never shows one.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub topology: RedisTopology,
+    /// `redis_username` or the URL's user: the ACL user (Redis 6+).
+    pub username: Option<String>,
+    /// `redis_password` / `redis_password_file` or the URL's password.
+    pub password: Option<Secret<String>>,
+}
+
+/// Exactly one deployment shape.
+#[derive(Debug, Clone)]
+pub enum RedisTopology {
+    /// `redis_url`: one server (`redis://` or `rediss://` for TLS), database from the path.
+    Standalone(Url),
+    /// `redis_sentinels` + `redis_sentinel_master`: the master is asked of the sentinels and
+    /// asked again after a failure; TLS to the master when the sentinel URLs are `rediss://`.
+    Sentinel { sentinels: Vec<Url>, master: String },
+    /// `redis_cluster`: seed nodes of a Redis Cluster.
+    Cluster(Vec<Url>),
 }
 
 #[derive(Debug, Clone, Default)]

@@ -232,6 +232,13 @@ pub struct RawSession {
     pub idle_timeout: Option<String>,
     pub login_timeout: Option<String>,
     pub max_logins: Option<i64>,
+    pub redis_url: Option<String>,
+    pub redis_username: Option<String>,
+    pub redis_password: Option<String>,
+    pub redis_password_file: Option<String>,
+    pub redis_sentinels: Option<Vec<String>>,
+    pub redis_sentinel_master: Option<String>,
+    pub redis_cluster: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

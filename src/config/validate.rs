@@ -21,6 +21,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily};
 
 mod bearer;
 mod client;
+mod redis;
 
 use super::raw::{
     RawAuthorization, RawClientAuth, RawConfig, RawHeaders, RawLog, RawProvider, RawRoute,
@@ -1392,17 +1393,19 @@ impl Ctx<'_> {
 
     fn session(&mut self, raw: RawSession, server: &ServerConfig) -> Option<SessionConfig> {
         let p = KeyPath::default().key("session");
-        match raw.store.as_deref() {
-            None | Some("cookie") => {}
-            Some("redis") => self.problem(
-                &p.key("store"),
-                "\"redis\" is not supported yet; use store = \"cookie\"",
-            ),
-            Some(other) => self.problem(
-                &p.key("store"),
-                format!("`{other}` is not one of \"cookie\""),
-            ),
-        }
+        let store = self.session_store(
+            &p,
+            raw.store.as_deref(),
+            redis::RawRedis {
+                url: raw.redis_url,
+                username: raw.redis_username,
+                password: raw.redis_password,
+                password_file: raw.redis_password_file,
+                sentinels: raw.redis_sentinels,
+                sentinel_master: raw.redis_sentinel_master,
+                cluster: raw.redis_cluster,
+            },
+        );
         let secrets = self.session_secrets(
             &p,
             raw.secret,
@@ -1518,6 +1521,7 @@ impl Ctx<'_> {
             idle_timeout,
             login_timeout,
             max_logins,
+            store: store?,
         })
     }
 
@@ -2131,6 +2135,7 @@ fn render_login(doc: &mut toml_edit::DocumentMut, config: &Config) {
         t["idle_timeout"] = value(format_duration(s.idle_timeout));
         t["login_timeout"] = value(format_duration(s.login_timeout));
         t["max_logins"] = value(i64::try_from(s.max_logins).unwrap_or(i64::MAX));
+        redis::render(&mut t, &s.store);
         doc["session"] = Item::Table(t);
     }
     let a = &config.authorization;
@@ -2909,7 +2914,7 @@ mod tests {
         );
         let p = problems(&login("").replace("[session]\n", "[session]\nstore = \"redis\"\n"));
         assert!(
-            p[0].starts_with("gatehouse.toml:9:9: session.store: \"redis\" is not supported yet"),
+            p[0].starts_with("gatehouse.toml:9:9: session.store: \"redis\" needs one of"),
             "{p:?}"
         );
         let p = problems(&login("").replace("[session]\n", "[session]\nmax_logins = 21\n"));
