@@ -28,6 +28,7 @@ use crate::identity::{self, Identity};
 use crate::oidc::{Provider, ProviderError};
 use crate::proxy::{self, ClientBuildError, Proxy};
 use crate::router::{self, RejectReason, Router, Target};
+use crate::session::StoreShared;
 use crate::telemetry;
 use crate::upstream_token::{Lease, UpstreamClients};
 
@@ -49,6 +50,8 @@ pub struct Shared {
     used_states: Arc<UsedStates>,
     bearer: Option<Arc<BearerAuth>>,
     upstream_clients: Arc<UpstreamClients>,
+    /// The session stores' in-process locks and Redis health, shared by every worker.
+    stores: Arc<StoreShared>,
 }
 
 impl Shared {
@@ -70,6 +73,7 @@ impl Shared {
             used_states: Arc::default(),
             bearer,
             upstream_clients,
+            stores: Arc::default(),
         }))
     }
 
@@ -103,7 +107,12 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 impl Gateway {
     pub fn new(config: Arc<Config>, shared: &Shared) -> Result<Self, BuildError> {
         let login = match &shared.provider {
-            Some(provider) => Login::new(&config, provider.clone(), shared.used_states.clone())?,
+            Some(provider) => Login::new(
+                &config,
+                provider.clone(),
+                shared.used_states.clone(),
+                shared.stores.clone(),
+            )?,
             None => None,
         };
         Ok(Self {
@@ -324,8 +333,8 @@ impl Gateway {
         match endpoint {
             Some("/start") => login.start_endpoint(req.headers(), query),
             Some("/callback") => login.callback(req.headers(), query, &self.authorizer).await,
-            Some("/sign_out") => login.sign_out(req.headers(), query),
-            Some("/userinfo") => login.userinfo(req.headers()),
+            Some("/sign_out") => login.sign_out(req.headers(), query).await,
+            Some("/userinfo") => login.userinfo(req.headers()).await,
             _ => endpoints::not_found(),
         }
     }

@@ -134,10 +134,13 @@ pub fn is_invalid_token<B>(resp: &Response<B>) -> bool {
 
 /// A dependency of authentication could not be asked: 503, try again shortly (rule 36).
 pub fn unavailable(what: &str) -> Response<Body> {
-    tracing::warn!(
-        dependency = what,
-        "authentication dependency unavailable; answering 503"
-    );
+    if let Some(suppressed) = outage_log_due(what) {
+        tracing::warn!(
+            dependency = what,
+            suppressed,
+            "authentication dependency unavailable; answering 503"
+        );
+    }
     let mut resp = pages::json(
         StatusCode::SERVICE_UNAVAILABLE,
         &json!({"error": "temporarily_unavailable", "error_description": "authentication is unavailable; try again shortly"}),
@@ -147,10 +150,51 @@ pub fn unavailable(what: &str) -> Response<Body> {
     resp
 }
 
+/// One 503 line per dependency every [`OUTAGE_LOG_EVERY`], not one per request: during an
+/// outage every request fails the same way. Answers how many answers went unlogged since the
+/// last line, when a line is due.
+fn outage_log_due(what: &str) -> Option<u64> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Instant;
+    static LAST: Mutex<Option<HashMap<String, (Instant, u64)>>> = Mutex::new(None);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let map = last.get_or_insert_with(HashMap::new);
+    let now = Instant::now();
+    match map.get_mut(what) {
+        Some((at, suppressed)) if now.duration_since(*at) < OUTAGE_LOG_EVERY => {
+            *suppressed += 1;
+            None
+        }
+        Some((at, suppressed)) => {
+            let n = *suppressed;
+            *at = now;
+            *suppressed = 0;
+            Some(n)
+        }
+        None => {
+            map.insert(what.to_owned(), (now, 0));
+            Some(0)
+        }
+    }
+}
+
+const OUTAGE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::authn::Rejection;
+
+    #[test]
+    fn an_outage_is_logged_once_per_interval() {
+        assert_eq!(outage_log_due("test-dependency"), Some(0));
+        assert_eq!(outage_log_due("test-dependency"), None);
+        assert_eq!(outage_log_due("test-dependency"), None);
+        assert_eq!(outage_log_due("other-test-dependency"), Some(0));
+    }
 
     #[test]
     fn challenges_follow_rfc_6750() {

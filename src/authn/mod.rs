@@ -127,7 +127,12 @@ pub async fn authenticate(
     {
         return caller;
     }
-    match login.map(|l| l.authenticate(headers)) {
+    let authn = match login {
+        Some(l) => Some(l.authenticate(headers).await),
+        None => None,
+    };
+    match authn {
+        Some(Authn::Unavailable) => Caller::Unavailable("session store"),
         Some(Authn::Session {
             identity,
             set_cookies,

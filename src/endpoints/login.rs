@@ -2,7 +2,7 @@
 //! sends a person to the provider, `/oauth2/callback` brings them back with a fresh session,
 //! `/oauth2/sign_out` ends it (and the provider's, when it supports RP-initiated logout), and
 //! `/oauth2/userinfo` shows the session's identity. Provider calls go through [`Provider`];
-//! cookies through [`SessionCookies`].
+//! sessions through the [`SessionStore`] (cookie or Redis).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +20,7 @@ use crate::body::Body;
 use crate::config::{Config, Secret};
 use crate::identity::Identity;
 use crate::oidc::{self, Provider};
-use crate::session::{Loaded, LoginState, Session, SessionCookies};
+use crate::session::{Loaded, LoginState, Session, SessionError, SessionStore, StoreShared};
 
 pub fn now() -> u64 {
     SystemTime::now()
@@ -58,7 +58,7 @@ impl UsedStates {
 /// What the login flow needs, per worker; the provider and the used-state memory are shared.
 pub struct Login {
     provider: Arc<Provider>,
-    cookies: SessionCookies,
+    store: SessionStore,
     used: Arc<UsedStates>,
     public: Url,
     prefix: String,
@@ -78,6 +78,8 @@ pub enum Authn {
         /// Cookies to send back (the session re-sealed with a new last-seen time, or cleared).
         set_cookies: Vec<HeaderValue>,
     },
+    /// The session store cannot be asked (Redis down): 503, never anonymous (rule 36).
+    Unavailable,
 }
 
 impl Login {
@@ -85,6 +87,7 @@ impl Login {
         config: &Config,
         provider: Arc<Provider>,
         used: Arc<UsedStates>,
+        stores: Arc<StoreShared>,
     ) -> Result<Option<Self>, crate::session::SessionError> {
         let (Some(provider_config), Some(session)) = (&config.provider, &config.session) else {
             return Ok(None);
@@ -96,7 +99,7 @@ impl Login {
             .unwrap_or_else(|| provider_config.redirect_url.clone());
         Ok(Some(Self {
             provider,
-            cookies: SessionCookies::new(session)?,
+            store: SessionStore::new(session, stores)?,
             used,
             public,
             prefix: config.server.proxy_prefix.clone(),
@@ -112,23 +115,40 @@ impl Login {
 
     /// The gateway's own cookies never reach the app (the app's do, untouched).
     pub fn strip_cookies(&self, headers: &mut HeaderMap) {
-        self.cookies.strip_own_cookies(headers);
+        self.store.cookies().strip_own_cookies(headers);
     }
 
-    /// Authenticate from the session cookie. An expired session is cleared and is no session.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Authn {
+    /// The session store (the refresh step locks, re-reads and saves through it).
+    pub fn store(&self) -> &SessionStore {
+        &self.store
+    }
+
+    /// Authenticate from the session cookie. An expired session is cleared and is no session;
+    /// a store that cannot be asked is [`Authn::Unavailable`].
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Authn {
         let now = now();
-        match self.cookies.load(headers, now) {
+        let loaded = match self.store.load(headers, now).await {
+            Ok(loaded) => loaded,
+            Err(_) => return Authn::Unavailable,
+        };
+        match loaded {
             Loaded::None => Authn::Anonymous { clear: Vec::new() },
             Loaded::Expired => Authn::Anonymous {
-                clear: self.cookies.clear(headers),
+                clear: self.store.cookies().clear(headers),
             },
             Loaded::Valid { mut session, touch } => {
                 let mut set_cookies = Vec::new();
                 if touch {
                     session.last_seen = now;
-                    match self.cookies.store(&session, headers) {
+                    match self.store.save(&session, headers).await {
                         Ok(cookies) => set_cookies = cookies,
+                        // Signed out elsewhere between the read and this write.
+                        Err(SessionError::Ended) => {
+                            return Authn::Anonymous {
+                                clear: self.store.cookies().clear(headers),
+                            };
+                        }
+                        Err(SessionError::Unavailable) => return Authn::Unavailable,
                         Err(err) => {
                             tracing::warn!(error = %err, "could not refresh the session cookie")
                         }
@@ -166,7 +186,7 @@ impl Login {
             return_to: return_to.to_owned(),
             created_at: now(),
         };
-        match self.cookies.start_login(&login, headers, now()) {
+        match self.store.cookies().start_login(&login, headers, now()) {
             Ok(cookies) => with_cookies(pages::redirect(url.as_str()), cookies),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot store the login state");
@@ -213,7 +233,7 @@ impl Login {
             );
         };
         let now = now();
-        let (login, mut set_cookies) = self.cookies.take_login(state, headers, now);
+        let (login, mut set_cookies) = self.store.cookies().take_login(state, headers, now);
         let Some(login) = login else {
             return with_cookies(
                 bad_login(
@@ -364,13 +384,17 @@ impl Login {
             return with_cookies(forbidden_page(&reason, &self.prefix), set_cookies);
         }
         // A fresh session replaces whatever the browser carried (rule 30).
-        let stored = self.cookies.store(&session, headers).or_else(|_| {
-            let mut slim = session.clone();
-            slim.id_token = None;
-            self.cookies.store(&slim, headers)
-        });
+        let stored = match self.store.create(&session, headers).await {
+            Err(SessionError::TooLarge { .. }) => {
+                let mut slim = session.clone();
+                slim.id_token = None;
+                self.store.create(&slim, headers).await
+            }
+            other => other,
+        };
         match stored {
             Ok(cookies) => set_cookies.extend(cookies),
+            Err(SessionError::Unavailable) => return with_cookies(unavailable(), set_cookies),
             Err(err) => {
                 tracing::warn!(error = %err, "session does not fit in cookies");
                 return with_cookies(
@@ -390,15 +414,20 @@ impl Login {
         with_cookies(pages::redirect(&return_to), set_cookies)
     }
 
-    /// `/oauth2/sign_out?rd=…`: clears the session, then RP-initiated logout at the provider
-    /// when it has an end-session endpoint.
-    pub fn sign_out(&self, headers: &HeaderMap, query: Option<&str>) -> Response<Body> {
+    /// `/oauth2/sign_out?rd=…`: ends the session (server-side too with Redis, so a copy of
+    /// the cookie opens nothing, rule 12) and clears its cookies, then RP-initiated logout at
+    /// the provider when it has an end-session endpoint. With Redis down nothing is cleared:
+    /// 503, and the person can try again.
+    pub async fn sign_out(&self, headers: &HeaderMap, query: Option<&str>) -> Response<Body> {
         let params = single_params(query, &["rd"]).unwrap_or_default();
-        let id_token = match self.cookies.load(headers, now()) {
-            Loaded::Valid { session, .. } => session.id_token.map(|t| t.expose().clone()),
-            _ => None,
+        let (session, clear) = match self.store.delete(headers, now()).await {
+            Ok(ended) => ended,
+            Err(err) => {
+                tracing::warn!(error = %err, "sign-out could not end the session");
+                return store_unavailable();
+            }
         };
-        let clear = self.cookies.clear(headers);
+        let id_token = session.and_then(|s| s.id_token.map(|t| t.expose().clone()));
         let resp = match self.provider.end_session_url(id_token.as_deref(), None) {
             Some(url) => pages::redirect(url.as_str()),
             None => match params
@@ -418,8 +447,8 @@ impl Login {
     }
 
     /// `/oauth2/userinfo`: the session's identity as JSON, 401 without one.
-    pub fn userinfo(&self, headers: &HeaderMap) -> Response<Body> {
-        match self.authenticate(headers) {
+    pub async fn userinfo(&self, headers: &HeaderMap) -> Response<Body> {
+        match self.authenticate(headers).await {
             Authn::Session {
                 identity,
                 set_cookies,
@@ -436,6 +465,7 @@ impl Login {
                 set_cookies,
             ),
             Authn::Anonymous { .. } => unauthorized_json(&self.prefix),
+            Authn::Unavailable => store_unavailable(),
         }
     }
 
@@ -494,7 +524,8 @@ fn session_from(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     Some(Session {
-        id: oidc::random_token(16),
+        // 256 random bits: with the Redis store this id is all a cookie holds.
+        id: oidc::random_token(32),
         sub,
         email: text("email"),
         email_verified: claims
@@ -587,6 +618,20 @@ pub fn unauthorized_json(prefix: &str) -> Response<Body> {
         http::header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"gatehouse\""),
     );
+    resp
+}
+
+/// The session store (Redis) cannot be asked: 503 with `Retry-After`; the store has logged the
+/// outage once.
+pub fn store_unavailable() -> Response<Body> {
+    let mut resp = pages::page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Temporarily unavailable",
+        "Sessions cannot be checked right now. Please try again in a moment.",
+        None,
+    );
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
     resp
 }
 

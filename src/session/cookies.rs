@@ -500,6 +500,60 @@ impl SessionCookies {
     }
 }
 
+/// The cookie of a server-side store: one cookie under the session name carrying only the
+/// sealed session id (never chunked, a hundred bytes).
+impl SessionCookies {
+    /// Longest id cookie value opened; anything longer is not one we wrote (rule 34).
+    const MAX_ID_VALUE: usize = 512;
+
+    /// The Set-Cookie values that point the browser at session `id` for `max_age` seconds, and
+    /// expire any chunk of a cookie-store session the request still carries.
+    pub fn store_id(
+        &self,
+        id: &str,
+        max_age: u64,
+        request_headers: &HeaderMap,
+    ) -> Result<Vec<HeaderValue>, SessionError> {
+        if max_age == 0 {
+            return Err(SessionError::Expired);
+        }
+        let sealed = self.sealer.seal(Purpose::SessionId, id.as_bytes())?;
+        let mut out: Vec<HeaderValue> = self
+            .set_cookie(&self.name, &sealed, max_age, self.same_site)
+            .into_iter()
+            .collect();
+        for name in self.session_names_in(request_headers) {
+            if name != self.name {
+                out.extend(self.expire(&name, self.same_site));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The session id sealed in the request's session cookie, if one opens. Capped like
+    /// [`Self::load`] before anything is decrypted.
+    pub fn load_id(&self, headers: &HeaderMap) -> Option<String> {
+        let mut candidates: Vec<&[u8]> = Vec::new();
+        for (name, value) in request_cookies(headers) {
+            match self.kind(name) {
+                Kind::Base => candidates.push(value),
+                Kind::Chunk(_) => {}
+                Kind::Login | Kind::OtherOwn | Kind::App => continue,
+            }
+            if candidates.len() > MAX_CHUNKS {
+                return None;
+            }
+        }
+        candidates
+            .into_iter()
+            .filter(|value| value.len() <= Self::MAX_ID_VALUE)
+            .find_map(|value| {
+                let id = self.sealer.open(Purpose::SessionId, value)?;
+                String::from_utf8(id).ok()
+            })
+    }
+}
+
 /// Every `name=value` pair of every `Cookie` header, in order. Lenient on purpose (RFC 6265 §5.4
 /// sends `; `-separated pairs, but anything can arrive): split on `;`, trim, split at the first
 /// `=`; pieces without `=` or with an empty name are skipped; bytes need not be UTF-8.
@@ -582,6 +636,7 @@ mod tests {
             idle_timeout: Duration::from_secs(3600),
             login_timeout: Duration::from_secs(600),
             max_logins: 3,
+            store: crate::config::StoreConfig::Cookie,
         }
     }
 

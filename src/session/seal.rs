@@ -32,6 +32,10 @@ const MIN_SEALED: usize = 1 + NONCE_LEN + TAG_LEN;
 pub enum Purpose {
     Session,
     Login,
+    /// The cookie of the Redis store: only the session's random id.
+    SessionId,
+    /// A session at rest in Redis, bound to its key (see [`Sealer::seal_bytes`]).
+    Stored,
 }
 
 impl Purpose {
@@ -39,7 +43,20 @@ impl Purpose {
         match self {
             Purpose::Session => b"session",
             Purpose::Login => b"login",
+            Purpose::SessionId => b"session-id",
+            Purpose::Stored => b"session-stored",
         }
+    }
+
+    /// The purpose, then (when given) a zero byte and `binding`: a value sealed under one key
+    /// of a store does not open under another.
+    fn aad_with(self, binding: &[u8]) -> Vec<u8> {
+        let mut aad = self.aad().to_vec();
+        if !binding.is_empty() {
+            aad.push(0);
+            aad.extend_from_slice(binding);
+        }
+        aad
     }
 }
 
@@ -82,6 +99,24 @@ impl Sealer {
 
     /// Encrypts `plaintext` with the first key and encodes it for a cookie value.
     pub fn seal(&self, purpose: Purpose, plaintext: &[u8]) -> Result<String, SessionError> {
+        Ok(URL_SAFE_NO_PAD.encode(self.seal_bytes(purpose, b"", plaintext)?))
+    }
+
+    /// Decodes and decrypts a cookie value with each key in turn; `None` for anything that is
+    /// not exactly what one of our keys sealed for this purpose.
+    pub fn open(&self, purpose: Purpose, value: &[u8]) -> Option<Vec<u8>> {
+        let raw = URL_SAFE_NO_PAD.decode(value).ok()?;
+        self.open_bytes(purpose, b"", &raw)
+    }
+
+    /// [`Self::seal`] without the base64 (for a store that keeps bytes), and with `binding`
+    /// (say, the store key) authenticated along with the purpose.
+    pub fn seal_bytes(
+        &self,
+        purpose: Purpose,
+        binding: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, SessionError> {
         let key = self.keys.first().ok_or(SessionError::NoSecret)?;
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| SessionError::Crypto)?;
@@ -91,30 +126,29 @@ impl Sealer {
         let mut body = plaintext.to_vec();
         key.seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(purpose.aad()),
+            Aad::from(purpose.aad_with(binding).as_slice()),
             &mut body,
         )
         .map_err(|_| SessionError::Crypto)?;
         out.extend_from_slice(&body);
-        Ok(URL_SAFE_NO_PAD.encode(out))
+        Ok(out)
     }
 
-    /// Decodes and decrypts a cookie value with each key in turn; `None` for anything that is
-    /// not exactly what one of our keys sealed for this purpose.
-    pub fn open(&self, purpose: Purpose, value: &[u8]) -> Option<Vec<u8>> {
-        let raw = URL_SAFE_NO_PAD.decode(value).ok()?;
+    /// Opens what [`Self::seal_bytes`] made with the same purpose and binding.
+    pub fn open_bytes(&self, purpose: Purpose, binding: &[u8], raw: &[u8]) -> Option<Vec<u8>> {
         if raw.len() < MIN_SEALED || raw.first() != Some(&VERSION) {
             return None;
         }
         let nonce_bytes: [u8; NONCE_LEN] = raw.get(1..1 + NONCE_LEN)?.try_into().ok()?;
         let sealed = raw.get(1 + NONCE_LEN..)?;
+        let aad = purpose.aad_with(binding);
         // A failed open decrypts in place, so each key gets a fresh copy of the ciphertext.
         self.keys.iter().find_map(|key| {
             let mut buf = sealed.to_vec();
             let plain = key
                 .open_in_place(
                     Nonce::assume_unique_for_key(nonce_bytes),
-                    Aad::from(purpose.aad()),
+                    Aad::from(aad.as_slice()),
                     &mut buf,
                 )
                 .ok()?;
@@ -205,6 +239,18 @@ mod tests {
             sealer(&[B]).open(Purpose::Session, new.as_bytes()).unwrap(),
             b"new"
         );
+    }
+
+    #[test]
+    fn a_stored_value_opens_only_under_its_own_binding() {
+        let s = sealer(&[A]);
+        let v = s.seal_bytes(Purpose::Stored, b"key-1", b"x").unwrap();
+        assert_eq!(s.open_bytes(Purpose::Stored, b"key-1", &v).unwrap(), b"x");
+        assert!(s.open_bytes(Purpose::Stored, b"key-2", &v).is_none());
+        assert!(s.open_bytes(Purpose::Stored, b"", &v).is_none());
+        assert!(s.open_bytes(Purpose::Session, b"key-1", &v).is_none());
+        let id = s.seal(Purpose::SessionId, b"id").unwrap();
+        assert!(s.open(Purpose::Session, id.as_bytes()).is_none());
     }
 
     #[test]

@@ -18,5 +18,7 @@ mod harness;
 mod id_token_attacks;
 mod login;
 mod proxy;
+mod redis_sessions;
+mod session_store;
 mod transport;
 mod upstream_token;

@@ -7,6 +7,7 @@
 pub mod issuer;
 pub mod nginx;
 pub mod oidc;
+pub mod redis;
 pub mod upstream;
 pub mod world;
 

@@ -19,6 +19,8 @@ pub struct World {
     pub provider: Arc<DevProvider>,
     pub app: Upstream,
     pub gw: Gateway,
+    /// The gateway's configuration, for starting a second replica of it.
+    pub config: String,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -74,6 +76,7 @@ impl World {
             provider,
             app,
             gw,
+            config,
             _stop: stop,
         };
         world.wait_ready().await;
@@ -93,6 +96,14 @@ impl World {
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+
+    /// Another gateway with the same configuration on another port: a second replica behind
+    /// the same public URL (a load balancer in front would send the browser to either).
+    pub fn start_replica(&self) -> Gateway {
+        let listen = format!("listen = \"{}\"", self.gw.addr);
+        assert!(self.config.contains(&listen));
+        Gateway::start(&self.config.replace(&listen, "listen = \"127.0.0.1:0\""))
     }
 
     pub fn browser(&self) -> Browser {

@@ -1,0 +1,174 @@
+//! Sessions in a real Redis, seen from outside: two gateway replicas (separate processes) share
+//! one `redis-server`; a person logs in through one and is served by the other; sign-out on one
+//! ends the session on both (rule 12); Redis going away is a 503 with `Retry-After`, never a 401
+//! and never a pass (rules 23, 36), and the same session works again when Redis is back.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::redis::RedisServer;
+use crate::support::world::{self, World};
+use crate::support::{Gateway, Reply, send};
+
+fn redis_session(server: &RedisServer) -> String {
+    format!(
+        "store = \"redis\"\nredis_url = \"{}\"\n\n[headers]\npass_access_token = true\n",
+        server.url()
+    )
+}
+
+/// The browser's cookies for the first gateway, as one `Cookie` header value.
+fn cookie_header(world: &World, browser: &world::Browser) -> String {
+    browser
+        .cookies(&world.gw.addr.to_string())
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// An API call (no navigation) to `gw` carrying `cookie`.
+async fn api(gw: &Gateway, path: &str, cookie: &str) -> Reply {
+    send(
+        Request::get(gw.url(path))
+            .header("accept", "application/json")
+            .header("cookie", cookie)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+}
+
+async fn logged_in(redis: &RedisServer) -> (World, String) {
+    let world = World::start(&redis_session(redis)).await;
+    let mut browser = world.browser();
+    let (page, _) = world::login(&world, &mut browser, "/hello", "alice", &["staff"]).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let cookie = cookie_header(&world, &browser);
+    (world, cookie)
+}
+
+#[tokio::test]
+async fn a_session_made_on_one_replica_is_served_by_the_other() {
+    let redis = RedisServer::start();
+    let (world, cookie) = logged_in(&redis).await;
+    let replica = world.start_replica();
+    let reply = api(&replica, "/oauth2/userinfo", &cookie).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["user"], "alice");
+    let reply = api(&replica, "/orders", &cookie).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = world.app.last();
+    assert_eq!(seen.header("x-forwarded-user"), Some("alice"));
+    assert_eq!(seen.target, "/orders");
+}
+
+#[tokio::test]
+async fn sign_out_on_one_replica_refuses_the_old_cookie_on_the_other() {
+    let redis = RedisServer::start();
+    let (world, cookie) = logged_in(&redis).await;
+    let replica = world.start_replica();
+    assert_eq!(api(&replica, "/orders", &cookie).await.status, 200);
+    let out = api(&world.gw, "/oauth2/sign_out", &cookie).await;
+    assert!(
+        out.status.is_redirection() || out.status == 200,
+        "{}",
+        out.status
+    );
+    assert!(
+        redis.keys("gatehouse:s:*").is_empty(),
+        "deleted server-side"
+    );
+    // The old cookie, replayed on either replica: no session.
+    for gw in [&replica, &world.gw] {
+        let reply = api(gw, "/orders", &cookie).await;
+        assert_eq!(reply.status, 401, "{}", reply.text());
+        let expired = reply
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap().contains("Max-Age=0"));
+        assert!(expired, "the dead cookie is cleared");
+    }
+}
+
+#[tokio::test]
+async fn redis_holds_no_token_of_the_session_in_clear() {
+    let redis = RedisServer::start();
+    let (world, cookie) = logged_in(&redis).await;
+    let seen = world.app.last();
+    let access = seen
+        .header("x-forwarded-access-token")
+        .expect("the app gets the access token")
+        .to_owned();
+    assert!(access.len() > 16);
+    let keys = redis.keys("gatehouse:s:*");
+    assert_eq!(keys.len(), 1);
+    let value = redis.get(&keys[0]).unwrap();
+    let text = String::from_utf8_lossy(&value);
+    assert!(!text.contains(&access), "access token readable in Redis");
+    assert!(!text.contains("alice"));
+    assert!(!cookie.contains(&access));
+    assert!(cookie.len() < 150, "only an id in the cookie: {cookie}");
+}
+
+#[tokio::test]
+async fn redis_down_is_503_then_the_same_session_works_when_it_returns() {
+    let mut redis = RedisServer::start_persistent();
+    let (world, cookie) = logged_in(&redis).await;
+    assert_eq!(api(&world.gw, "/orders", &cookie).await.status, 200);
+    let served = world.app.count();
+
+    redis.kill();
+    for _ in 0..20 {
+        let reply = api(&world.gw, "/orders", &cookie).await;
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert!(reply.headers.contains_key("retry-after"));
+        let cleared = reply
+            .headers
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap().contains("Max-Age=0"));
+        assert!(!cleared, "an outage never logs anyone out");
+    }
+    // A person navigating gets a 503 too, not a login page.
+    let page = send(
+        Request::get(world.gw.url("/orders"))
+            .header("accept", "text/html")
+            .header("sec-fetch-mode", "navigate")
+            .header("cookie", &cookie)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(page.status, 503);
+    assert_eq!(world.app.count(), served, "nothing reached the app");
+    // Sign-out cannot end the session now: 503, and the cookie stays for a retry.
+    let out = api(&world.gw, "/oauth2/sign_out", &cookie).await;
+    assert_eq!(out.status, 503);
+    assert!(out.headers.get("set-cookie").is_none());
+
+    let logs = world.gw.wait_for_log("Redis is unreachable").await;
+    assert_eq!(
+        logs.matches("Redis is unreachable").count(),
+        1,
+        "one line for the outage, not one per request:\n{logs}"
+    );
+
+    redis.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = api(&world.gw, "/orders", &cookie).await;
+        if reply.status == 200 {
+            break;
+        }
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert!(std::time::Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(world.app.last().header("x-forwarded-user"), Some("alice"));
+    world.gw.wait_for_log("Redis is reachable again").await;
+}
