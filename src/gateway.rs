@@ -28,6 +28,7 @@ use crate::identity::{self, Identity};
 use crate::oidc::{Provider, ProviderError};
 use crate::proxy::{self, ClientBuildError, Proxy};
 use crate::router::{self, RejectReason, Router, Target};
+use crate::session::refresh::Refresher;
 use crate::telemetry;
 use crate::upstream_token::{Lease, UpstreamClients};
 
@@ -47,6 +48,7 @@ pub enum BuildError {
 pub struct Shared {
     provider: Option<Arc<Provider>>,
     used_states: Arc<UsedStates>,
+    refresher: Option<Arc<Refresher>>,
     bearer: Option<Arc<BearerAuth>>,
     upstream_clients: Arc<UpstreamClients>,
 }
@@ -65,8 +67,19 @@ impl Shared {
         };
         let bearer = BearerAuth::new(config, provider.as_ref())?;
         let upstream_clients = Arc::new(UpstreamClients::new(config, provider.as_ref())?);
+        // Shared by every worker: one refresh per refresh token, whichever worker asks.
+        let refresher = match (&provider, &config.session) {
+            (Some(p), Some(s)) => Some(Arc::new(Refresher::new(
+                p.clone(),
+                s.refresh_before,
+                config.authorization.groups_claim.clone(),
+                config.provider.as_ref().is_some_and(|pc| pc.use_userinfo),
+            ))),
+            _ => None,
+        };
         Ok(Arc::new(Self {
             provider,
+            refresher,
             used_states: Arc::default(),
             bearer,
             upstream_clients,
@@ -102,9 +115,14 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl Gateway {
     pub fn new(config: Arc<Config>, shared: &Shared) -> Result<Self, BuildError> {
-        let login = match &shared.provider {
-            Some(provider) => Login::new(&config, provider.clone(), shared.used_states.clone())?,
-            None => None,
+        let login = match (&shared.provider, &shared.refresher) {
+            (Some(provider), Some(refresher)) => Login::new(
+                &config,
+                provider.clone(),
+                refresher.clone(),
+                shared.used_states.clone(),
+            )?,
+            _ => None,
         };
         Ok(Self {
             router: Router::new(&config),
@@ -325,7 +343,7 @@ impl Gateway {
             Some("/start") => login.start_endpoint(req.headers(), query),
             Some("/callback") => login.callback(req.headers(), query, &self.authorizer).await,
             Some("/sign_out") => login.sign_out(req.headers(), query),
-            Some("/userinfo") => login.userinfo(req.headers()),
+            Some("/userinfo") => login.userinfo(req.headers()).await,
             _ => endpoints::not_found(),
         }
     }

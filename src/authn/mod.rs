@@ -127,16 +127,19 @@ pub async fn authenticate(
     {
         return caller;
     }
-    match login.map(|l| l.authenticate(headers)) {
-        Some(Authn::Session {
+    let Some(login) = login else {
+        return Caller::Anonymous { clear: Vec::new() };
+    };
+    match login.authenticate(headers).await {
+        Authn::Session {
             identity,
             set_cookies,
-        }) => Caller::Session {
+        } => Caller::Session {
             identity,
             set_cookies,
         },
-        Some(Authn::Anonymous { clear }) => Caller::Anonymous { clear },
-        None => Caller::Anonymous { clear: Vec::new() },
+        Authn::Anonymous { clear } => Caller::Anonymous { clear },
+        Authn::Unavailable => Caller::Unavailable("token refresh"),
     }
 }
 

@@ -232,6 +232,7 @@ pub struct RawSession {
     pub idle_timeout: Option<String>,
     pub login_timeout: Option<String>,
     pub max_logins: Option<i64>,
+    pub refresh_before: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

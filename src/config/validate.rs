@@ -1508,6 +1508,11 @@ impl Ctx<'_> {
             Duration::from_secs(600),
         );
         let max_logins = self.int_in(&p.key("max_logins"), raw.max_logins, 5, 1..=20);
+        let refresh_before = self.duration(
+            &p.key("refresh_before"),
+            raw.refresh_before,
+            Duration::from_secs(60),
+        );
         Some(SessionConfig {
             secrets: secrets?,
             cookie_name: cookie_name?,
@@ -1518,6 +1523,7 @@ impl Ctx<'_> {
             idle_timeout,
             login_timeout,
             max_logins,
+            refresh_before,
         })
     }
 
@@ -2131,6 +2137,7 @@ fn render_login(doc: &mut toml_edit::DocumentMut, config: &Config) {
         t["idle_timeout"] = value(format_duration(s.idle_timeout));
         t["login_timeout"] = value(format_duration(s.login_timeout));
         t["max_logins"] = value(i64::try_from(s.max_logins).unwrap_or(i64::MAX));
+        t["refresh_before"] = value(format_duration(s.refresh_before));
         doc["session"] = Item::Table(t);
     }
     let a = &config.authorization;

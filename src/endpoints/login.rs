@@ -10,16 +10,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::SET_COOKIE;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 use url::Url;
 
 use super::pages::{self, escape};
 use super::redirect::safe_return_to;
-use crate::authz::{Authorizer, Decision, groups_at};
+use crate::authz::{Authorizer, Decision};
 use crate::body::Body;
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::identity::Identity;
 use crate::oidc::{self, Provider};
+use crate::session::refresh::{Refreshed, Refresher};
 use crate::session::{Loaded, LoginState, Session, SessionCookies};
 
 pub fn now() -> u64 {
@@ -58,6 +59,7 @@ impl UsedStates {
 /// What the login flow needs, per worker; the provider and the used-state memory are shared.
 pub struct Login {
     provider: Arc<Provider>,
+    refresher: Arc<Refresher>,
     cookies: SessionCookies,
     used: Arc<UsedStates>,
     public: Url,
@@ -78,12 +80,15 @@ pub enum Authn {
         /// Cookies to send back (the session re-sealed with a new last-seen time, or cleared).
         set_cookies: Vec<HeaderValue>,
     },
+    /// The session's access token has expired and the provider cannot refresh it now: 503.
+    Unavailable,
 }
 
 impl Login {
     pub fn new(
         config: &Config,
         provider: Arc<Provider>,
+        refresher: Arc<Refresher>,
         used: Arc<UsedStates>,
     ) -> Result<Option<Self>, crate::session::SessionError> {
         let (Some(provider_config), Some(session)) = (&config.provider, &config.session) else {
@@ -96,6 +101,7 @@ impl Login {
             .unwrap_or_else(|| provider_config.redirect_url.clone());
         Ok(Some(Self {
             provider,
+            refresher,
             cookies: SessionCookies::new(session)?,
             used,
             public,
@@ -116,14 +122,38 @@ impl Login {
     }
 
     /// Authenticate from the session cookie. An expired session is cleared and is no session.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Authn {
+    /// An access token about to expire is refreshed first (see [`crate::session::refresh`]).
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Authn {
         let now = now();
         match self.cookies.load(headers, now) {
             Loaded::None => Authn::Anonymous { clear: Vec::new() },
             Loaded::Expired => Authn::Anonymous {
                 clear: self.cookies.clear(headers),
             },
-            Loaded::Valid { mut session, touch } => {
+            Loaded::Valid {
+                mut session,
+                mut touch,
+            } => {
+                if self.refresher.due(&session, now) {
+                    match self.refresher.refresh(&session).await {
+                        Refreshed::Renewed(renewed) => {
+                            session = *renewed;
+                            touch = true;
+                        }
+                        Refreshed::Ended => {
+                            return Authn::Anonymous {
+                                clear: self.cookies.clear(headers),
+                            };
+                        }
+                        // The old token serves while it is valid; past that, fail closed.
+                        Refreshed::Unavailable
+                            if session.access_expires_at.is_some_and(|exp| exp <= now) =>
+                        {
+                            return Authn::Unavailable;
+                        }
+                        Refreshed::Unavailable => {}
+                    }
+                }
                 let mut set_cookies = Vec::new();
                 if touch {
                     session.last_seen = now;
@@ -349,7 +379,8 @@ impl Login {
                 }
             }
         }
-        let Some(mut session) = session_from(&claims, &tokens, &self.groups_claim, now) else {
+        let Some(mut session) = Session::from_tokens(&claims, &tokens, &self.groups_claim, now)
+        else {
             return with_cookies(
                 bad_login("The identity provider sent no subject.", &self.prefix),
                 set_cookies,
@@ -418,8 +449,8 @@ impl Login {
     }
 
     /// `/oauth2/userinfo`: the session's identity as JSON, 401 without one.
-    pub fn userinfo(&self, headers: &HeaderMap) -> Response<Body> {
-        match self.authenticate(headers) {
+    pub async fn userinfo(&self, headers: &HeaderMap) -> Response<Body> {
+        match self.authenticate(headers).await {
             Authn::Session {
                 identity,
                 set_cookies,
@@ -436,6 +467,7 @@ impl Login {
                 set_cookies,
             ),
             Authn::Anonymous { .. } => unauthorized_json(&self.prefix),
+            Authn::Unavailable => unavailable(),
         }
     }
 
@@ -457,61 +489,6 @@ fn identity_of(session: Session) -> Identity {
         claims: session.claims,
         access_token: session.access_token,
     }
-}
-
-/// Claims the session keeps for route policies: everything but the protocol's own and the
-/// ones stored in their own fields.
-const PROTOCOL_CLAIMS: [&str; 16] = [
-    "iss",
-    "aud",
-    "exp",
-    "iat",
-    "nbf",
-    "nonce",
-    "azp",
-    "at_hash",
-    "c_hash",
-    "auth_time",
-    "jti",
-    "sid",
-    "sub",
-    "email",
-    "email_verified",
-    "preferred_username",
-];
-
-fn session_from(
-    claims: &Map<String, Value>,
-    tokens: &oidc::TokenResponse,
-    groups_claim: &[String],
-    now: u64,
-) -> Option<Session> {
-    let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
-    let sub = text("sub").filter(|s| !s.is_empty())?;
-    let kept: Map<String, Value> = claims
-        .iter()
-        .filter(|(k, _)| !PROTOCOL_CLAIMS.contains(&k.as_str()) && k.as_str() != "name")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    Some(Session {
-        id: oidc::random_token(16),
-        sub,
-        email: text("email"),
-        email_verified: claims
-            .get("email_verified")
-            .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true")),
-        name: text("name"),
-        preferred_username: text("preferred_username"),
-        groups: groups_at(claims, groups_claim),
-        claims: kept,
-        id_token: tokens.id_token.clone().map(Secret::new),
-        access_token: Some(tokens.access_token.clone()),
-        access_expires_at: tokens.expires_in.map(|s| now + s),
-        refresh_token: tokens.refresh_token.clone(),
-        sid: text("sid"),
-        created_at: now,
-        last_seen: now,
-    })
 }
 
 /// Parses the query, refusing any of `names` that appears more than once (rule 35: never

@@ -582,6 +582,7 @@ mod tests {
             idle_timeout: Duration::from_secs(3600),
             login_timeout: Duration::from_secs(600),
             max_logins: 3,
+            refresh_before: Duration::from_secs(60),
         }
     }
 

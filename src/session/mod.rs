@@ -6,11 +6,14 @@
 //! cookies that carry them ([`SessionCookies`]: chunking, caps, expiry, login cookies, stripping
 //! the gateway's cookies before a request goes upstream).
 //!
-//! It does not decide whether a request is authenticated (that is authn's job with [`Loaded`]),
-//! talk to the provider, refresh tokens, or keep server-side state for sign-out (rule 12).
+//! [`refresh`] renews a session's access token with its refresh token before it expires.
+//!
+//! It does not decide whether a request is authenticated (that is authn's job with
+//! [`Loaded`]).
 
 mod cookies;
 mod model;
+pub mod refresh;
 pub mod seal;
 
 pub use cookies::{Loaded, MAX_CHUNKS, MAX_SESSION_BYTES, SessionCookies};
