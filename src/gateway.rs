@@ -29,6 +29,7 @@ use crate::oidc::{Provider, ProviderError};
 use crate::proxy::{self, ClientBuildError, Proxy};
 use crate::router::{self, RejectReason, Router, Target};
 use crate::telemetry;
+use crate::upstream_token::{Lease, UpstreamClients};
 
 /// Why a gateway could not be built from a (valid) configuration.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,7 @@ pub struct Shared {
     provider: Option<Arc<Provider>>,
     used_states: Arc<UsedStates>,
     bearer: Option<Arc<BearerAuth>>,
+    upstream_clients: Arc<UpstreamClients>,
 }
 
 impl Shared {
@@ -62,16 +64,23 @@ impl Shared {
             None => None,
         };
         let bearer = BearerAuth::new(config, provider.as_ref())?;
+        let upstream_clients = Arc::new(UpstreamClients::new(config, provider.as_ref())?);
         Ok(Arc::new(Self {
             provider,
             used_states: Arc::default(),
             bearer,
+            upstream_clients,
         }))
     }
 
     /// The bearer checkers, when `[bearer]` is configured (tests and benchmarks look inside).
     pub fn bearer(&self) -> Option<&Arc<BearerAuth>> {
         self.bearer.as_ref()
+    }
+
+    /// The gateway's own clients toward protected upstreams.
+    pub fn upstream_clients(&self) -> &UpstreamClients {
+        &self.upstream_clients
     }
 }
 
@@ -81,6 +90,7 @@ pub struct Gateway {
     authorizer: Authorizer,
     login: Option<Login>,
     bearer: Option<Arc<BearerAuth>>,
+    upstream_clients: Arc<UpstreamClients>,
     proxy: Proxy,
     headers: crate::config::HeadersConfig,
     /// `[server] proxy_prefix`: where the built-in endpoints live.
@@ -101,6 +111,7 @@ impl Gateway {
             authorizer: Authorizer::new(&config),
             login,
             bearer: shared.bearer.clone(),
+            upstream_clients: shared.upstream_clients.clone(),
             proxy: Proxy::new(&config)?,
             headers: config.headers.clone(),
             prefix: config.server.proxy_prefix.clone(),
@@ -187,6 +198,17 @@ impl Gateway {
             }
         }
 
+        // A protected upstream gets the gateway's own token (client credentials), in place
+        // of whatever Authorization the caller sent.
+        let client = self.upstream_clients.get(index);
+        let lease = match client {
+            Some(c) => match c.lease().await {
+                Ok(lease) => Some(lease),
+                Err(e) => return Ok(answer::unavailable(&e.to_string())),
+            },
+            None => None,
+        };
+
         // Identity headers and forward. The client's copies of identity headers were removed
         // inside the proxy's rewrite, on every route; the gateway's own cookies never leave;
         // a bridged password never reaches the app.
@@ -202,6 +224,7 @@ impl Gateway {
         {
             authn::bearer::strip_query_token(req.uri_mut(), param);
         }
+        let gateway_token = lease.as_ref().map(Lease::header);
         let resp = self
             .proxy
             .forward(index, req, client_host, ctx, |headers| {
@@ -212,8 +235,17 @@ impl Gateway {
                 if let Some(id) = &identity {
                     identity::set_headers(headers, id, names);
                 }
+                if let Some(token) = gateway_token {
+                    headers.insert(http::header::AUTHORIZATION, token);
+                }
             })
             .await?;
+        // RFC 6750 §3.1: the upstream says our token is no good; the next request gets a new one.
+        if let (Some(c), Some(lease)) = (client, &lease)
+            && answer::is_invalid_token(&resp)
+        {
+            c.refused(lease);
+        }
         Ok(with_cookies(resp, set_cookies))
     }
 

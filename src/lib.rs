@@ -32,6 +32,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod telemetry;
+pub mod upstream_token;
 
 pub use config::Config;
 pub use gateway::Gateway;

@@ -121,6 +121,17 @@ pub fn insufficient_scope(realm: &str, scopes: &[String]) -> Response<Body> {
     resp
 }
 
+/// Whether an answer is a 401 whose challenge says `error="invalid_token"`.
+pub fn is_invalid_token<B>(resp: &Response<B>) -> bool {
+    resp.status() == StatusCode::UNAUTHORIZED
+        && resp
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("invalid_token"))
+}
+
 /// A dependency of authentication could not be asked: 503, try again shortly (rule 36).
 pub fn unavailable(what: &str) -> Response<Body> {
     tracing::warn!(

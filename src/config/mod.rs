@@ -397,6 +397,25 @@ pub struct UpstreamConfig {
     pub tls_client_cert: Option<TlsConfig>,
     /// `insecure_skip_verify`, default false: accept any upstream certificate (warned at start).
     pub insecure_skip_verify: bool,
+    /// `[upstreams.client]`: the upstream is a protected API; the gateway sends it its own
+    /// client-credentials token.
+    pub client: Option<UpstreamClientConfig>,
+}
+
+/// `[upstreams.client]`: the gateway as an OAuth client (client credentials grant, RFC 6749
+/// §4.4) toward one upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamClientConfig {
+    /// `token_endpoint`, default the provider's.
+    pub token_endpoint: Option<Url>,
+    pub client_id: String,
+    /// `client_secret`(`_file`), `client_auth`, `private_key_*`: as for `[provider]`.
+    pub client_auth: ClientAuth,
+    /// `scopes`, default none (the provider's default for the client).
+    pub scopes: Vec<String>,
+    /// `audience` (Auth0, Okta style) and `resource` (RFC 8707), sent when set.
+    pub audience: Option<String>,
+    pub resource: Option<String>,
 }
 
 impl Default for LogConfig {

@@ -133,6 +133,61 @@ pub struct RawUpstream {
     pub tls_client_cert_file: Option<String>,
     pub tls_client_key_file: Option<String>,
     pub insecure_skip_verify: Option<bool>,
+    pub client: Option<RawUpstreamClient>,
+}
+
+/// `[upstreams.client]`: the gateway's own OAuth client toward a protected upstream.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamClient {
+    pub token_endpoint: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<String>,
+    pub client_auth: Option<String>,
+    pub private_key_file: Option<String>,
+    pub private_key_alg: Option<String>,
+    pub private_key_id: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+}
+
+/// The client-authentication keys, wherever a client is configured (`[provider]`,
+/// `[upstreams.client]`).
+pub struct RawClientAuth<'a> {
+    pub client_secret: &'a Option<String>,
+    pub client_secret_file: &'a Option<String>,
+    pub client_auth: &'a Option<String>,
+    pub private_key_file: &'a Option<String>,
+    pub private_key_alg: &'a Option<String>,
+    pub private_key_id: &'a Option<String>,
+}
+
+impl RawProvider {
+    pub fn client_auth_keys(&self) -> RawClientAuth<'_> {
+        RawClientAuth {
+            client_secret: &self.client_secret,
+            client_secret_file: &self.client_secret_file,
+            client_auth: &self.client_auth,
+            private_key_file: &self.private_key_file,
+            private_key_alg: &self.private_key_alg,
+            private_key_id: &self.private_key_id,
+        }
+    }
+}
+
+impl RawUpstreamClient {
+    pub fn client_auth_keys(&self) -> RawClientAuth<'_> {
+        RawClientAuth {
+            client_secret: &self.client_secret,
+            client_secret_file: &self.client_secret_file,
+            client_auth: &self.client_auth,
+            private_key_file: &self.private_key_file,
+            private_key_alg: &self.private_key_alg,
+            private_key_id: &self.private_key_id,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

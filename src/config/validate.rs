@@ -20,10 +20,11 @@ use url::Url;
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 
 mod bearer;
+mod client;
 
 use super::raw::{
-    RawAuthorization, RawConfig, RawHeaders, RawLog, RawProvider, RawRoute, RawServer, RawSession,
-    RawTls, RawUpstream,
+    RawAuthorization, RawClientAuth, RawConfig, RawHeaders, RawLog, RawProvider, RawRoute,
+    RawServer, RawSession, RawTls, RawUpstream,
 };
 use super::{
     AuthorizationConfig, ClientAuth, Config, HeadersConfig, IdentityNames, LogConfig, LogFormat,
@@ -416,7 +417,7 @@ impl Ctx<'_> {
         let server = self.server(raw.server.unwrap_or_default());
         let log = self.log(raw.log.unwrap_or_default());
         let headers = self.headers(raw.headers.unwrap_or_default());
-        let upstreams = self.upstreams(raw.upstreams);
+        let upstreams = self.upstreams(raw.upstreams, raw.provider.is_some());
         // Whether `[provider]` is written, even when it has problems of its own: a broken
         // provider must not also make every protected route a problem.
         let has_provider = raw.provider.is_some();
@@ -741,7 +742,11 @@ impl Ctx<'_> {
         }
     }
 
-    fn upstreams(&mut self, raw: Option<Vec<RawUpstream>>) -> Vec<UpstreamConfig> {
+    fn upstreams(
+        &mut self,
+        raw: Option<Vec<RawUpstream>>,
+        has_provider: bool,
+    ) -> Vec<UpstreamConfig> {
         let p = KeyPath::default().key("upstreams");
         let Some(raw) = raw else {
             self.problem(
@@ -754,11 +759,16 @@ impl Ctx<'_> {
             self.problem(&p, "at least one [[upstreams]] table is required");
         }
         let mut out: Vec<UpstreamConfig> = Vec::new();
-        for (i, u) in raw.into_iter().enumerate() {
+        for (i, mut u) in raw.into_iter().enumerate() {
             let p = p.index(i);
-            let Some(up) = self.upstream(&p, i, u) else {
+            let client = u
+                .client
+                .take()
+                .and_then(|c| self.upstream_client(&p.key("client"), c, has_provider));
+            let Some(mut up) = self.upstream(&p, i, u) else {
                 continue;
             };
+            up.client = client;
             if let Some(prev) = out.iter().find(|o| o.name == up.name) {
                 let reason = format!(
                     "duplicate name `{}` (also used by another upstream)",
@@ -880,6 +890,7 @@ impl Ctx<'_> {
             tls_ca_certs,
             tls_client_cert,
             insecure_skip_verify,
+            client: None,
         })
     }
 
@@ -939,7 +950,7 @@ impl Ctx<'_> {
         let no_id_token = !discovery && raw.jwks_uri.is_none();
         let no_userinfo_endpoint = !discovery && raw.userinfo_endpoint.is_none();
         let endpoints = self.provider_endpoints(&p, &raw);
-        let client_auth = self.client_auth(&p, &raw);
+        let client_auth = self.client_auth(&p, &raw.client_auth_keys());
         let issuer = match raw.issuer {
             None => {
                 self.problem(&p.key("issuer"), "missing required key `issuer`");
@@ -1196,7 +1207,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn client_auth(&mut self, p: &KeyPath, raw: &RawProvider) -> Option<ClientAuth> {
+    fn client_auth(&mut self, p: &KeyPath, raw: &RawClientAuth<'_>) -> Option<ClientAuth> {
         let key_keys = [
             ("private_key_file", raw.private_key_file.is_some()),
             ("private_key_alg", raw.private_key_alg.is_some()),
@@ -1270,9 +1281,9 @@ impl Ctx<'_> {
         }
     }
 
-    fn private_key_jwt(&mut self, p: &KeyPath, raw: &RawProvider) -> Option<ClientAuth> {
+    fn private_key_jwt(&mut self, p: &KeyPath, raw: &RawClientAuth<'_>) -> Option<ClientAuth> {
         let path = p.key("private_key_file");
-        let Some(file) = &raw.private_key_file else {
+        let Some(file) = raw.private_key_file else {
             self.problem(
                 &path,
                 "missing required key `private_key_file` (client_auth = \"private_key_jwt\")",
@@ -2351,6 +2362,9 @@ pub fn render_effective(config: &Config) -> String {
             render_tls(&mut t, "tls_client_cert_file", "tls_client_key_file", tls);
         }
         t["insecure_skip_verify"] = value(u.insecure_skip_verify);
+        if let Some(c) = &u.client {
+            t["client"] = Item::Table(client::render(c));
+        }
         ups.push(t);
     }
     render_login(&mut doc, config);

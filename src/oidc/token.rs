@@ -263,6 +263,27 @@ impl TokenCall<'_> {
         .await
     }
 
+    /// The client credentials grant (RFC 6749 §4.4), with optional `scope`, `audience` and
+    /// `resource` (RFC 8707).
+    pub async fn client_credentials(
+        &self,
+        scope: &str,
+        audience: Option<&str>,
+        resource: Option<&str>,
+    ) -> Result<TokenResponse, ProviderError> {
+        let mut grant = vec![("grant_type", "client_credentials")];
+        if !scope.is_empty() {
+            grant.push(("scope", scope));
+        }
+        if let Some(a) = audience {
+            grant.push(("audience", a));
+        }
+        if let Some(r) = resource {
+            grant.push(("resource", r));
+        }
+        self.post(&grant).await
+    }
+
     /// The resource owner password credentials grant (RFC 6749 §4.3), for the opt-in bridge
     /// of legacy Basic-auth clients only (deprecated by RFC 9700 §2.4).
     pub async fn password(

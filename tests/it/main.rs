@@ -20,3 +20,4 @@ mod id_token_attacks;
 mod login;
 mod proxy;
 mod transport;
+mod upstream_token;

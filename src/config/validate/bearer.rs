@@ -237,7 +237,7 @@ impl Ctx<'_> {
 
     /// An absolute http(s) URL, https unless loopback (keys fetched over plain HTTP elsewhere
     /// could be replaced by anyone on the path).
-    fn trusted_url(&mut self, path: &KeyPath, s: &str) -> Option<Url> {
+    pub(super) fn trusted_url(&mut self, path: &KeyPath, s: &str) -> Option<Url> {
         match check_http_url(s) {
             Err(reason) => {
                 self.problem(path, reason);

@@ -359,6 +359,8 @@ struct Inner {
     discovery_fetches: AtomicUsize,
     introspection_calls: AtomicUsize,
     token_requests: AtomicUsize,
+    token_outage: Mutex<Outage>,
+    token_ttl: std::sync::atomic::AtomicI64,
     trap_hits: Mutex<Vec<String>>,
 }
 
@@ -420,6 +422,8 @@ impl TestIssuer {
             discovery_fetches: AtomicUsize::new(0),
             introspection_calls: AtomicUsize::new(0),
             token_requests: AtomicUsize::new(0),
+            token_outage: Mutex::new(Outage::Up),
+            token_ttl: std::sync::atomic::AtomicI64::new(DEFAULT_TTL),
             trap_hits: Mutex::default(),
         });
         *cell.lock().unwrap() = Some(inner.clone());
@@ -546,6 +550,16 @@ impl TestIssuer {
         *self.inner.jwks_outage.lock().unwrap() = outage;
     }
 
+    /// Switches `/token` to `outage` (requests are still counted).
+    pub fn set_token_outage(&self, outage: Outage) {
+        *self.inner.token_outage.lock().unwrap() = outage;
+    }
+
+    /// Lifetime (`exp`, `expires_in`) of tokens from `/token`, in seconds; default [`DEFAULT_TTL`].
+    pub fn set_token_ttl(&self, seconds: i64) {
+        self.inner.token_ttl.store(seconds, Ordering::SeqCst);
+    }
+
     /// Switches `/introspect` to `outage`.
     pub fn set_introspection_outage(&self, outage: Outage) {
         *self.inner.introspection_outage.lock().unwrap() = outage;
@@ -642,7 +656,16 @@ impl Inner {
                 Ok(json_reply(StatusCode::OK, &jwks))
             }
             "/introspect" if post => self.introspect(&req).await,
-            "/token" if post => Ok(self.token(&req)),
+            "/token" if post => {
+                let outage = *self.token_outage.lock().unwrap();
+                if outage != Outage::Up {
+                    self.token_requests.fetch_add(1, Ordering::SeqCst);
+                    if let Some(answer) = outage_answer(outage).await {
+                        return answer;
+                    }
+                }
+                Ok(self.token(&req))
+            }
             "/authorize" => Ok(json_reply(
                 StatusCode::BAD_REQUEST,
                 &json!({"error": "unsupported_response_type", "error_description": "the test issuer has no browser login"}),
@@ -767,7 +790,8 @@ impl Inner {
         claims.insert("client_id".into(), json!(CLIENT_ID));
         claims.insert("scope".into(), json!(scope));
         claims.insert("iat".into(), json!(now));
-        claims.insert("exp".into(), json!(now + DEFAULT_TTL));
+        let ttl = self.token_ttl.load(Ordering::SeqCst);
+        claims.insert("exp".into(), json!(now + ttl));
         claims.insert("jti".into(), json!(random_b64(12)));
         let rsa = self.keys.lock().unwrap().rsa.clone();
         let header = json!({"alg": "RS256", "typ": "at+jwt", "kid": rsa.kid});
@@ -782,7 +806,7 @@ impl Inner {
             &json!({
                 "access_token": format!("{input}.{}", b64(&sig)),
                 "token_type": "Bearer",
-                "expires_in": DEFAULT_TTL,
+                "expires_in": ttl,
                 "scope": scope,
             }),
         )

@@ -128,6 +128,16 @@ async fn answer(mut req: Request<Incoming>, rec: Arc<Mutex<Vec<Seen>>>) -> Respo
     };
     let path = req.uri().path().to_owned();
     match path.as_str() {
+        // A protected API that refuses whatever token it is given (RFC 6750 §3.1).
+        "/revoked" => {
+            rec.lock().unwrap().push(seen);
+            let mut resp = full(StatusCode::UNAUTHORIZED, "token revoked");
+            resp.headers_mut().insert(
+                "www-authenticate",
+                http::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+            resp
+        }
         "/slow" => {
             let ms = query_u64(&req, "ms");
             rec.lock().unwrap().push(seen);
