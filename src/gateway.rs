@@ -156,7 +156,7 @@ impl Gateway {
 
     async fn steps(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         ctx: &mut RequestCtx,
     ) -> Result<Response<Body>, GatewayError> {
         // Route. Refuse ambiguous framing before anything reads the request (rules 19, 20,
@@ -235,6 +235,13 @@ impl Gateway {
         let login = self.login.as_ref();
         let names = &self.headers;
         let token_header = self.bearer.as_ref().map(|b| b.header().clone());
+        // With pass_token = false the caller's token must not reach the app at all, also not
+        // in the URL when it came as a query parameter (rule 16).
+        if matches!(credential, UpstreamCredential::Strip)
+            && let Some(param) = self.bearer.as_deref().and_then(BearerAuth::query_parameter)
+        {
+            authn::bearer::strip_query_token(req.uri_mut(), param);
+        }
         let gateway_token = lease.as_ref().map(Lease::header);
         let resp = self
             .proxy

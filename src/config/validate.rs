@@ -434,11 +434,12 @@ impl Ctx<'_> {
                 None
             }
         };
-        // Bearer issuers authenticate callers too, so routes may require authentication
-        // without a login provider.
-        let has_issuers = raw.bearer.as_ref().is_some_and(|b| {
-            b.enabled == Some(true) || b.issuers.as_ref().is_some_and(|i| !i.is_empty())
-        });
+        // Bearer issuers and introspection authenticate callers too, so routes may require
+        // authentication without a login provider.
+        let has_issuers = raw
+            .bearer
+            .as_ref()
+            .is_some_and(bearer::authenticates_callers);
         let can_authenticate = has_provider || has_issuers;
         let bearer = raw
             .bearer

@@ -11,6 +11,7 @@
 
 mod support;
 
+mod bearer;
 mod browser;
 mod cli;
 mod forward_auth;

@@ -26,6 +26,16 @@ const DEFAULT_ALGORITHMS: [Algorithm; 4] = [
 /// Tokens above this are never reasonable; the configurable limit stays under it.
 const MAX_TOKEN_BYTES_LIMIT: usize = 64 * 1024;
 
+/// Whether `[bearer]` can authenticate callers on its own (without `[provider]`): the
+/// provider's tokens, an issuer of its own, or an introspection endpoint. Routes may then
+/// require authentication, and the default policy is "authenticated" — never "public" for a
+/// gateway configured to check tokens.
+pub(super) fn authenticates_callers(raw: &RawBearer) -> bool {
+    raw.enabled == Some(true)
+        || raw.issuers.as_ref().is_some_and(|i| !i.is_empty())
+        || raw.introspection.is_some()
+}
+
 impl Ctx<'_> {
     pub(super) fn bearer(
         &mut self,
@@ -500,6 +510,27 @@ mod tests {
         assert_eq!(b.query_parameter, None, "query tokens are off by default");
         assert!(b.pass_token);
         assert!(matches!(c.default_policy, Policy::Authenticated));
+        assert!(
+            matches!(&c.routes[0].policy, Policy::Require { scopes, .. } if scopes == &["orders:read"])
+        );
+    }
+
+    #[test]
+    fn introspection_alone_protects_routes_without_a_provider() {
+        let c = load_str(
+            &format!(
+                "[bearer.introspection]\nendpoint = \"https://idp.example/introspect\"\nclient_id = \"gh\"\nclient_secret = \"s\"\n\
+                 [[routes]]\npath_prefix = \"/api\"\nscopes = [\"orders:read\"]\n{UP}"
+            ),
+            None,
+            &[],
+        )
+        .unwrap();
+        assert!(c.bearer.unwrap().introspection.is_some());
+        assert!(
+            matches!(c.default_policy, Policy::Authenticated),
+            "a gateway that checks tokens must not default to public"
+        );
         assert!(
             matches!(&c.routes[0].policy, Policy::Require { scopes, .. } if scopes == &["orders:read"])
         );
