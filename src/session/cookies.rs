@@ -408,28 +408,38 @@ impl SessionCookies {
     /// Removes the gateway's cookies (session chunks, login cookies, any `N_…`) from the request's
     /// `Cookie` header(s), so the upstream never sees them; the app's cookies stay, in order.
     pub fn strip_own_cookies(&self, headers: &mut HeaderMap) {
-        let any_own = request_cookies(headers).any(|(name, _)| self.kind(name) != Kind::App);
+        // One pass: collect the app's pieces, and change the header only if something of ours was
+        // there (a browser logged in sends nothing else, most often: the header just goes).
+        let mut kept: Vec<Vec<u8>> = Vec::new();
+        let mut any_own = false;
+        for value in headers.get_all(COOKIE) {
+            let mut joined: Vec<u8> = Vec::new();
+            for piece in value.as_bytes().split(|b| *b == b';') {
+                let piece = piece.trim_ascii();
+                if piece.is_empty() {
+                    continue;
+                }
+                let name = piece.split(|b| *b == b'=').next().unwrap_or(piece);
+                if self.kind(name.trim_ascii()) != Kind::App {
+                    any_own = true;
+                    continue;
+                }
+                if !joined.is_empty() {
+                    joined.extend_from_slice(b"; ");
+                }
+                joined.extend_from_slice(piece);
+            }
+            if !joined.is_empty() {
+                kept.push(joined);
+            }
+        }
         if !any_own {
             return;
         }
-        let values: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
         headers.remove(COOKIE);
-        for value in values {
-            let kept: Vec<&[u8]> = value
-                .as_bytes()
-                .split(|b| *b == b';')
-                .map(<[u8]>::trim_ascii)
-                .filter(|piece| !piece.is_empty())
-                .filter(|piece| {
-                    let name = piece.split(|b| *b == b'=').next().unwrap_or(piece);
-                    self.kind(name.trim_ascii()) == Kind::App
-                })
-                .collect();
-            if kept.is_empty() {
-                continue;
-            }
+        for value in kept {
             // Made of pieces of a valid header value joined by "; ", so it is valid too.
-            if let Ok(value) = HeaderValue::from_bytes(&kept.join(&b"; "[..])) {
+            if let Ok(value) = HeaderValue::from_bytes(&value) {
                 headers.append(COOKIE, value);
             }
         }
