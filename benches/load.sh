@@ -7,7 +7,9 @@
 #
 # Environment: DURATION (s, default 10), WARMUP (s, default 2), REPEAT (default 3), CONNS (64),
 # THREADS (2), SKIP_BUILD=1 (use an existing binary), GATEHOUSE_BIN (binary path; default
-# <cargo target dir>/release/gatehouse), CARGO_TARGET_DIR (as cargo).
+# <cargo target dir>/release/gatehouse), BASE_BIN (optional: a second gateway binary, e.g. a
+# build of main, measured in the same run as `base` and `base-session`), CARGO_TARGET_DIR (as
+# cargo).
 #
 # More scenarios: one `measure NAME URL PIDS [wrk args...]` call each in main() below, e.g.
 #   measure gateway-bearer "http://127.0.0.1:$GW_PORT/" "$GW_PID" -H "Authorization: Bearer $TOKEN"
@@ -199,12 +201,14 @@ SCEN_NAMES=()
 SCEN_URLS=()
 SCEN_PIDS=()
 SCEN_ARGS=()        # wrk args of each scenario, shell-quoted (printf %q)
+SCEN_PREP=()        # a command run before each of the scenario's runs (may be empty)
 
 # measure NAME URL PIDS [wrk args...]: registers a target; run_all measures all of them,
-# interleaved, REPEAT times each.
+# interleaved, REPEAT times each. PREP (environment, optional) is a command run before each run.
 measure() {
     local name=$1 url=$2 pids=$3
     shift 3
+    SCEN_PREP+=("${PREP:-}")
     SCEN_NAMES+=("$name")
     SCEN_URLS+=("$url")
     SCEN_PIDS+=("$pids")
@@ -234,6 +238,10 @@ measure_once() {
     for pid in "${pids[@]}"; do
         pid_alive "$pid" || { log "!!! $name: server pid $pid is gone; skipping run $round"; return 0; }
     done
+    if [[ -n ${SCEN_PREP[$i]} ]] && ! eval "${SCEN_PREP[$i]}"; then
+        log "!!! $name: preparing run $round failed; skipping it"
+        return 0
+    fi
     run_wrk /dev/null -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "${wargs[@]}" "$url"
     local t0 t1
     t0=$(cpu_ticks "${pids[@]}")
@@ -316,6 +324,9 @@ report() {
     echo
     for name in "${SCEN_NAMES[@]}"; do
         [[ $name == direct || $name == nginx ]] && continue
+        if [[ $name == *-session && -n ${MED_RPS[${name%-session}]:-} ]]; then
+            echo "$name/${name%-session}: req/s $(ratio "${MED_RPS[$name]}" "${MED_RPS[${name%-session}]}"), CPU/req $(ratio "${MED_CPU[$name]}" "${MED_CPU[${name%-session}]}")"
+        fi
         if [[ -n ${MED_RPS[nginx]:-} ]]; then
             echo "$name/nginx:  req/s $(ratio "${MED_RPS[$name]}" "${MED_RPS[nginx]}"), CPU/req $(ratio "${MED_CPU[$name]}" "${MED_CPU[nginx]}"), p99 $(ratio "${MED_P99[$name]}" "${MED_P99[nginx]}")"
         fi
@@ -416,15 +427,19 @@ policy = "authenticated"
 [[upstreams]]
 url = "http://127.0.0.1:$up_port"
 TOML
-    "$bin" run --config "$TMP/gatehouse.toml" </dev/null >"$TMP/gatehouse.log" 2>&1 &
-    local gw_pid=$!
-    CHILD_PIDS+=("$gw_pid")
-    local gw_ok=1
-    if ! wait_http "http://127.0.0.1:$gw_port/healthz" 30 "$gw_pid"; then
-        gw_ok=0
-        log "!!! gateway not ready on 127.0.0.1:$gw_port/healthz ($(pid_alive "$gw_pid" && echo 'still running' || echo 'exited')); its log:"
-        if [[ -s $TMP/gatehouse.log ]]; then sed 's/^/    /' "$TMP/gatehouse.log" >&2; else log "    (empty)"; fi
-        SKIPPED+=(gateway)
+    local gw_pid gw_ok=1
+    start_gateway "$bin" "$TMP/gatehouse.toml" "$gw_port" gatehouse || gw_ok=0
+    gw_pid=$STARTED_PID
+    ((gw_ok)) || SKIPPED+=(gateway)
+    local base_pid="" base_port=""
+    if [[ -n ${BASE_BIN:-} ]]; then
+        read -r base_port < <(free_ports 1)
+        sed "s/127.0.0.1:$gw_port/127.0.0.1:$base_port/g" "$TMP/gatehouse.toml" >"$TMP/base.toml"
+        if start_gateway "$BASE_BIN" "$TMP/base.toml" "$base_port" base; then
+            base_pid=$STARTED_PID
+        else
+            SKIPPED+=(base)
+        fi
     fi
 
     log "direct 127.0.0.1:$up_port (pid $up_pid), nginx 127.0.0.1:$ng_port (pid $ng_pid), gateway 127.0.0.1:$gw_port (pid $gw_pid)"
@@ -433,19 +448,55 @@ TOML
     measure nginx "http://127.0.0.1:$ng_port/" "$ng_pid"
     if ((gw_ok)); then
         measure gateway "http://127.0.0.1:$gw_port/" "$gw_pid"
-        local cookie
-        if cookie=$(session_cookie "$TMP/gatehouse.toml"); then
-            measure gateway-session "http://127.0.0.1:$gw_port/app/" "$gw_pid" -H "Cookie: $cookie"
-        else
-            log "!!! could not make a session cookie; gateway-session not measured"
-            SKIPPED+=(gateway-session)
-        fi
+        measure_session gateway-session "$gw_port" "$gw_pid"
+    fi
+    if [[ -n $base_pid ]]; then
+        measure base "http://127.0.0.1:$base_port/" "$base_pid"
+        measure_session base-session "$base_port" "$base_pid"
     fi
     # Later: bearer token, Apache mod_auth_openidc, e.g.
     #   measure gateway-bearer "http://127.0.0.1:$gw_port/" "$gw_pid" -H "Authorization: Bearer $token"
 
     run_all
     report
+}
+
+# start_gateway BIN CONFIG PORT NAME: starts a gateway (its pid in STARTED_PID), waits for
+# /healthz; false when it does not come up.
+STARTED_PID=""
+start_gateway() {
+    local bin=$1 config=$2 port=$3 name=$4 pid
+    "$bin" run --config "$config" </dev/null >"$TMP/$name.log" 2>&1 &
+    pid=$!
+    STARTED_PID=$pid
+    CHILD_PIDS+=("$pid")
+    if ! wait_http "http://127.0.0.1:$port/healthz" 30 "$pid"; then
+        log "!!! $name not ready on 127.0.0.1:$port/healthz ($(pid_alive "$pid" && echo 'still running' || echo 'exited')); its log:"
+        if [[ -s $TMP/$name.log ]]; then sed 's/^/    /' "$TMP/$name.log" >&2; else log "    (empty)"; fi
+        return 1
+    fi
+}
+
+# measure_session NAME PORT PID: the session-cookie target. A browser stores the refreshed
+# cookie the gateway sends once a minute; wrk cannot, so a cookie made at start would be stale
+# after 60 s and every later run would measure re-sealing on every request instead. A fresh
+# cookie is made before each run (warm-up included) and read by wrk from a file.
+measure_session() {
+    local name=$1 port=$2 pid=$3
+    if ! session_cookie "$TMP/gatehouse.toml" >"$TMP/cookie"; then
+        log "!!! could not make a session cookie; $name not measured"
+        SKIPPED+=("$name")
+        return 0
+    fi
+    cat >"$TMP/cookie.lua" <<LUA
+init = function(args)
+    local f = assert(io.open("$TMP/cookie", "r"))
+    wrk.headers["Cookie"] = f:read("*l")
+    f:close()
+end
+LUA
+    PREP="session_cookie '$TMP/gatehouse.toml' >'$TMP/cookie'" \
+        measure "$name" "http://127.0.0.1:$port/app/" "$pid" -s "$TMP/cookie.lua"
 }
 
 # session_cookie CONFIG: a valid session Cookie header value for CONFIG's [session], sealed by
