@@ -15,6 +15,9 @@ use crate::router::under_prefix;
 pub enum Decision {
     Allow,
     Deny(String),
+    /// The caller is who the route wants but its token lacks these scopes (RFC 6750 §3.1
+    /// `insufficient_scope`); the answer names them so a client can ask for them.
+    MissingScopes(Vec<String>),
 }
 
 #[derive(Debug)]
@@ -35,6 +38,11 @@ impl Authorizer {
 
     /// The policy for a request; `path` is the normalised path (rule 21), never the query.
     pub fn policy(&self, method: &Method, host: &str, path: &str) -> &Policy {
+        self.route(method, host, path).0
+    }
+
+    /// The policy for a request and whether its route accepts the password bridge.
+    pub fn route(&self, method: &Method, host: &str, path: &str) -> (&Policy, bool) {
         self.routes
             .iter()
             .find(|r| {
@@ -45,7 +53,12 @@ impl Authorizer {
                         RoutePath::Regex(re) => re.is_match(path),
                     }
             })
-            .map_or(&self.default, |r| &r.policy)
+            .map_or((&self.default, false), |r| (&r.policy, r.password_bridge))
+    }
+
+    /// The policy of requests no route matches.
+    pub fn default_policy(&self) -> &Policy {
+        &self.default
     }
 
     /// Whether the `[authorization]` rules let this identity in at all (checked at login too,
@@ -77,7 +90,11 @@ impl Authorizer {
         match policy {
             Policy::Public => Decision::Allow,
             Policy::Authenticated => self.admit(id),
-            Policy::Require { groups, claims } => {
+            Policy::Require {
+                groups,
+                claims,
+                scopes,
+            } => {
                 if let Decision::Deny(reason) = self.admit(id) {
                     return Decision::Deny(reason);
                 }
@@ -97,6 +114,9 @@ impl Authorizer {
                     if !ok {
                         return Decision::Deny(format!("requires claim {}", path.join(".")));
                     }
+                }
+                if scopes.iter().any(|s| !id.scopes.contains(s)) {
+                    return Decision::MissingScopes(scopes.clone());
                 }
                 Decision::Allow
             }
@@ -231,6 +251,7 @@ mod tests {
                 host: None,
                 path: RoutePath::Prefix("/public".into()),
                 policy: Policy::Public,
+                password_bridge: false,
             },
             RouteConfig {
                 methods: vec![Method::POST],
@@ -239,7 +260,9 @@ mod tests {
                 policy: Policy::Require {
                     groups: vec!["admins".into()],
                     claims: vec![],
+                    scopes: vec![],
                 },
+                password_bridge: false,
             },
         ];
         let a = authorizer(AuthorizationConfig::default(), routes);
@@ -274,6 +297,7 @@ mod tests {
                 vec!["realm_access".into(), "roles".into()],
                 vec![Value::String("ops".into())],
             )],
+            scopes: vec![],
         };
         let mut id = person("a@example.com", true, &["admins"]);
         assert!(matches!(a.decide(&policy, &id), Decision::Deny(_)));
@@ -284,6 +308,24 @@ mod tests {
         assert_eq!(a.decide(&policy, &id), Decision::Allow);
         id.groups = vec!["staff".into()];
         assert!(matches!(a.decide(&policy, &id), Decision::Deny(_)));
+    }
+
+    #[test]
+    fn every_required_scope_must_be_granted() {
+        let a = authorizer(AuthorizationConfig::default(), vec![]);
+        let policy = Policy::Require {
+            groups: vec![],
+            claims: vec![],
+            scopes: vec!["orders:read".into(), "orders:write".into()],
+        };
+        let mut id = person("a@example.com", true, &[]);
+        id.scopes = vec!["orders:read".into()];
+        assert_eq!(
+            a.decide(&policy, &id),
+            Decision::MissingScopes(vec!["orders:read".into(), "orders:write".into()])
+        );
+        id.scopes.push("orders:write".into());
+        assert_eq!(a.decide(&policy, &id), Decision::Allow);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! each step lives in the module named after it:
 //!
 //! ```text
-//! route (router.rs) ─▶ built-in endpoint (endpoints/)
-//!                  └─▶ authenticate (endpoints/login.rs: session cookie)
+//! route (router.rs) ─▶ built-in endpoint (endpoints/; /oauth2/auth runs the steps below
+//!                  │                      without forwarding)
+//!                  └─▶ authenticate (authn/: bearer token, bridged Basic, session cookie)
 //!                      ─▶ authorize (authz.rs) ─▶ identity headers (identity.rs)
 //!                      ─▶ forward (proxy/): header hygiene, stream both ways
 //! ```
@@ -12,20 +13,22 @@
 
 use std::sync::Arc;
 
-use http::{HeaderName, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
+use crate::authn::{self, BearerAuth, Caller, UpstreamCredential, answer};
 use crate::authz::{Authorizer, Decision};
 use crate::body::Body;
 use crate::config::{Config, Policy};
 use crate::context::{ConnInfo, RequestCtx};
-use crate::endpoints::login::{self, Authn, Login, UsedStates, with_cookies};
-use crate::endpoints::{self, pages};
+use crate::endpoints::login::{self, Login, UsedStates, with_cookies};
+use crate::endpoints::{self, forward_auth, pages};
 use crate::error::{self, GatewayError};
+use crate::identity::{self, Identity};
 use crate::oidc::{Provider, ProviderError};
 use crate::proxy::{self, ClientBuildError, Proxy};
 use crate::router::{self, RejectReason, Router, Target};
-use crate::{identity, telemetry};
+use crate::telemetry;
 
 /// Why a gateway could not be built from a (valid) configuration.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +41,12 @@ pub enum BuildError {
     Session(#[from] crate::session::SessionError),
 }
 
-/// What every worker shares: the provider (its metadata, keys and background refresh) and the
-/// memory of redeemed login states.
+/// What every worker shares: the provider (its metadata, keys and background refresh), the
+/// memory of redeemed login states, and the bearer checkers with their caches.
 pub struct Shared {
     provider: Option<Arc<Provider>>,
     used_states: Arc<UsedStates>,
+    bearer: Option<Arc<BearerAuth>>,
 }
 
 impl Shared {
@@ -57,10 +61,17 @@ impl Shared {
             }
             None => None,
         };
+        let bearer = BearerAuth::new(config, provider.as_ref())?;
         Ok(Arc::new(Self {
             provider,
             used_states: Arc::default(),
+            bearer,
         }))
+    }
+
+    /// The bearer checkers, when `[bearer]` is configured (tests and benchmarks look inside).
+    pub fn bearer(&self) -> Option<&Arc<BearerAuth>> {
+        self.bearer.as_ref()
     }
 }
 
@@ -69,8 +80,11 @@ pub struct Gateway {
     router: Router,
     authorizer: Authorizer,
     login: Option<Login>,
+    bearer: Option<Arc<BearerAuth>>,
     proxy: Proxy,
     headers: crate::config::HeadersConfig,
+    /// `[server] proxy_prefix`: where the built-in endpoints live.
+    prefix: String,
     access_log: bool,
 }
 
@@ -86,8 +100,10 @@ impl Gateway {
             router: Router::new(&config),
             authorizer: Authorizer::new(&config),
             login,
+            bearer: shared.bearer.clone(),
             proxy: Proxy::new(&config)?,
             headers: config.headers.clone(),
+            prefix: config.server.proxy_prefix.clone(),
             access_log: config.log.access_log,
         })
     }
@@ -135,62 +151,57 @@ impl Gateway {
         };
         ctx.route = "upstream";
 
-        // Authenticate, when the route's policy wants to know who is calling. No identity:
-        // a person navigating is sent to log in, a script gets 401 (never a redirect).
-        let policy = self.authorizer.policy(req.method(), &host, &ctx.path);
+        // Authenticate, when the route's policy wants to know who is calling. A token wins
+        // over a cookie; without any credential a person navigating is sent to log in and a
+        // script gets a 401 challenge (never a redirect).
+        let (policy, bridge) = self.authorizer.route(req.method(), &host, &ctx.path);
         let mut set_cookies = Vec::new();
-        let identity = match (policy, &self.login) {
-            (Policy::Public, _) => None,
-            (_, None) => return Ok(error::plain(StatusCode::FORBIDDEN, "forbidden\n")),
-            (_, Some(login)) => match login.authenticate(req.headers()) {
-                Authn::Session {
+        let mut credential = UpstreamCredential::Keep;
+        let identity = match policy {
+            Policy::Public => None,
+            _ => match self.authenticate(req.headers(), req.uri(), bridge).await {
+                Caller::Session {
                     identity,
                     set_cookies: refreshed,
                 } => {
                     set_cookies = refreshed;
                     Some(identity)
                 }
-                Authn::Anonymous { clear } => {
-                    let resp = if pages::is_navigation(req.method(), req.headers()) {
-                        login.start(req.headers(), &return_path(ctx, req.uri()))
-                    } else {
-                        login::unauthorized_json(login.prefix())
-                    };
-                    return Ok(with_cookies(resp, clear));
+                Caller::Token { identity, upstream } => {
+                    credential = upstream;
+                    Some(identity)
                 }
+                Caller::Anonymous { clear } => {
+                    return Ok(with_cookies(self.ask_to_log_in(&req, ctx, bridge), clear));
+                }
+                Caller::Refused(refusal) => return Ok(answer::refused(refusal, self.realm())),
+                Caller::Unavailable(what) => return Ok(answer::unavailable(what)),
             },
         };
 
         // Authorize. A denial is a page (or JSON), never a login loop.
         if let Some(id) = &identity {
             ctx.user = Some(id.user.clone());
-            if let Decision::Deny(reason) = self.authorizer.decide(policy, id) {
-                tracing::info!(user = %id.user, reason = %reason, "request denied");
-                let prefix = self.login.as_ref().map_or("/oauth2", Login::prefix);
-                let resp = if pages::is_navigation(req.method(), req.headers()) {
-                    login::forbidden_page(&reason, prefix)
-                } else {
-                    pages::json(
-                        StatusCode::FORBIDDEN,
-                        &serde_json::json!({"error": "forbidden", "reason": reason}),
-                    )
-                };
+            if let Some(resp) = self.denial(policy, id, &req) {
                 return Ok(with_cookies(resp, set_cookies));
             }
         }
 
         // Identity headers and forward. The client's copies of identity headers were removed
-        // inside the proxy's rewrite, on every route; the gateway's own cookies never leave.
+        // inside the proxy's rewrite, on every route; the gateway's own cookies never leave;
+        // a bridged password never reaches the app.
         let client_host =
             proxy::client_host_header(req.uri(), req.headers()).ok_or(RejectReason::MissingHost)?;
         let login = self.login.as_ref();
         let names = &self.headers;
+        let token_header = self.bearer.as_ref().map(|b| b.header().clone());
         let resp = self
             .proxy
             .forward(index, req, client_host, ctx, |headers| {
                 if let Some(login) = login {
                     login.strip_cookies(headers);
                 }
+                authn::edit_credential(headers, credential, token_header);
                 if let Some(id) = &identity {
                     identity::set_headers(headers, id, names);
                 }
@@ -199,21 +210,134 @@ impl Gateway {
         Ok(with_cookies(resp, set_cookies))
     }
 
+    async fn authenticate(&self, headers: &HeaderMap, uri: &Uri, bridge: bool) -> Caller {
+        authn::authenticate(
+            self.bearer.as_deref(),
+            self.login.as_ref(),
+            headers,
+            uri,
+            bridge,
+        )
+        .await
+    }
+
+    fn realm(&self) -> &str {
+        self.bearer
+            .as_deref()
+            .map_or("gatehouse", BearerAuth::realm)
+    }
+
+    /// No credential on a protected route: the login page for a person, a challenge for a
+    /// program.
+    fn ask_to_log_in(
+        &self,
+        req: &Request<Incoming>,
+        ctx: &RequestCtx,
+        bridge: bool,
+    ) -> Response<Body> {
+        match &self.login {
+            Some(login) if pages::is_navigation(req.method(), req.headers()) => {
+                login.start(req.headers(), &return_path(ctx, req.uri()))
+            }
+            _ if self.bearer.is_some() => {
+                let login_url = self.login.as_ref().map(|l| format!("{}/start", l.prefix()));
+                answer::missing(self.realm(), bridge, login_url.as_deref())
+            }
+            Some(login) => login::unauthorized_json(login.prefix()),
+            None => error::plain(StatusCode::FORBIDDEN, "forbidden\n"),
+        }
+    }
+
+    /// The answer when `policy` does not let `id` in, `None` when it does.
+    fn denial(
+        &self,
+        policy: &Policy,
+        id: &Identity,
+        req: &Request<Incoming>,
+    ) -> Option<Response<Body>> {
+        let navigation = pages::is_navigation(req.method(), req.headers());
+        let reason = match self.authorizer.decide(policy, id) {
+            Decision::Allow => return None,
+            Decision::MissingScopes(scopes) if !navigation => {
+                tracing::info!(user = %id.user, "request denied: missing scope");
+                return Some(answer::insufficient_scope(self.realm(), &scopes));
+            }
+            Decision::MissingScopes(scopes) => format!("requires the scopes {}", scopes.join(" ")),
+            Decision::Deny(reason) => reason,
+        };
+        tracing::info!(user = %id.user, reason = %reason, "request denied");
+        Some(if navigation {
+            login::forbidden_page(&reason, &self.prefix)
+        } else {
+            pages::json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({"error": "forbidden", "reason": reason}),
+            )
+        })
+    }
+
     /// The endpoints under the proxy prefix.
     async fn builtin(&self, req: &Request<Incoming>, ctx: &RequestCtx) -> Response<Body> {
         if let Some(resp) = endpoints::get_only(req.method()) {
             return resp;
         }
+        let endpoint = ctx.path.strip_prefix(self.prefix.as_str());
+        if endpoint == Some("/auth") {
+            return self.forward_auth(req, ctx).await;
+        }
         let Some(login) = &self.login else {
             return endpoints::not_found();
         };
         let query = req.uri().query();
-        match ctx.path.strip_prefix(login.prefix()) {
+        match endpoint {
             Some("/start") => login.start_endpoint(req.headers(), query),
             Some("/callback") => login.callback(req.headers(), query, &self.authorizer).await,
             Some("/sign_out") => login.sign_out(req.headers(), query),
             Some("/userinfo") => login.userinfo(req.headers()),
             _ => endpoints::not_found(),
+        }
+    }
+
+    /// `/oauth2/auth`: the whole request path but forwarding, for a proxy in front that asks
+    /// before it serves (nginx `auth_request`, Traefik ForwardAuth, Envoy ext_authz). The
+    /// original method and URI are believed only from trusted proxies (rule 27).
+    async fn forward_auth(&self, req: &Request<Incoming>, ctx: &RequestCtx) -> Response<Body> {
+        let trusted = self.proxy.is_trusted(ctx.conn.peer.ip());
+        let original = match forward_auth::original(req, trusted) {
+            Ok(original) => original,
+            Err(reason) => return error::plain(StatusCode::BAD_REQUEST, reason),
+        };
+        let (policy, bridge) = match &original {
+            Some(o) => self.authorizer.route(&o.method, &o.host, &o.path),
+            None => (self.authorizer.default_policy(), false),
+        };
+        if matches!(policy, Policy::Public) {
+            return forward_auth::allowed(None, &self.headers, Vec::new());
+        }
+        let uri = original.as_ref().map_or(req.uri(), |o| &o.uri);
+        match self.authenticate(req.headers(), uri, bridge).await {
+            Caller::Session {
+                identity,
+                set_cookies,
+            } => match self.denial(policy, &identity, req) {
+                None => forward_auth::allowed(Some(&identity), &self.headers, set_cookies),
+                Some(resp) => with_cookies(forward_auth::denied(resp), set_cookies),
+            },
+            Caller::Token { identity, .. } => match self.denial(policy, &identity, req) {
+                None => forward_auth::allowed(Some(&identity), &self.headers, Vec::new()),
+                Some(resp) => forward_auth::denied(resp),
+            },
+            Caller::Anonymous { clear } => {
+                let resp = match &self.bearer {
+                    Some(b) => answer::missing(b.realm(), bridge, None),
+                    None => login::unauthorized_json(&self.prefix),
+                };
+                with_cookies(resp, clear)
+            }
+            Caller::Refused(refusal) => {
+                forward_auth::denied(answer::refused(refusal, self.realm()))
+            }
+            Caller::Unavailable(what) => answer::unavailable(what),
         }
     }
 }

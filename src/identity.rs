@@ -5,7 +5,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{HeadersConfig, Secret};
+use crate::config::{HeadersConfig, IdentityNames, Secret};
 
 /// Who is calling, as the gateway established it.
 #[derive(Debug, Clone, Default)]
@@ -16,6 +16,11 @@ pub struct Identity {
     pub email_verified: bool,
     pub preferred_username: Option<String>,
     pub groups: Vec<String>,
+    /// The OAuth client a bearer token was issued to (`client_id`, else `azp`);
+    /// `X-Forwarded-Client-Id`. `None` for browser sessions.
+    pub client_id: Option<String>,
+    /// The token's scopes (`scope`, space-separated, or `scp`), for `scopes = [...]` policies.
+    pub scopes: Vec<String>,
     /// Claims kept for route policies (`claims = { … }`).
     pub claims: serde_json::Map<String, serde_json::Value>,
     pub access_token: Option<Secret<String>>,
@@ -26,7 +31,38 @@ pub struct Identity {
 /// each group is percent-encoded where it contains `,` or `%`, so `"x,admin"` arrives as one
 /// group `x%2Cadmin` and can never add `admin`. Tokens go only where the configuration asks.
 pub fn set_headers(headers: &mut HeaderMap, identity: &Identity, config: &HeadersConfig) {
-    let names = &config.names;
+    write(headers, identity, &config.names, config.pass_access_token);
+    if let Some(token) = &identity.access_token
+        && config.pass_authorization_header
+    {
+        set(
+            headers,
+            http::header::AUTHORIZATION,
+            &format!("Bearer {}", token.expose()),
+        );
+    }
+}
+
+/// The forward-auth answer's headers (oauth2-proxy's names, which nginx configurations already
+/// read with `auth_request_set`): `X-Auth-Request-User`, `-Email`, `-Preferred-Username`,
+/// `-Groups`, `-Client-Id`, and `-Access-Token` when `pass_access_token` is on.
+pub fn set_auth_request_headers(
+    headers: &mut HeaderMap,
+    identity: &Identity,
+    config: &HeadersConfig,
+) {
+    let names = IdentityNames {
+        user: HeaderName::from_static("x-auth-request-user"),
+        email: HeaderName::from_static("x-auth-request-email"),
+        preferred_username: HeaderName::from_static("x-auth-request-preferred-username"),
+        groups: HeaderName::from_static("x-auth-request-groups"),
+        access_token: HeaderName::from_static("x-auth-request-access-token"),
+        client_id: HeaderName::from_static("x-auth-request-client-id"),
+    };
+    write(headers, identity, &names, config.pass_access_token);
+}
+
+fn write(headers: &mut HeaderMap, identity: &Identity, names: &IdentityNames, token: bool) {
     set(headers, names.user.clone(), &identity.user);
     if let Some(email) = &identity.email {
         set(headers, names.email.clone(), email);
@@ -44,17 +80,11 @@ pub fn set_headers(headers: &mut HeaderMap, identity: &Identity, config: &Header
             .join(",");
         set(headers, names.groups.clone(), &joined);
     }
-    if let Some(token) = &identity.access_token {
-        if config.pass_access_token {
-            set(headers, names.access_token.clone(), token.expose());
-        }
-        if config.pass_authorization_header {
-            set(
-                headers,
-                http::header::AUTHORIZATION,
-                &format!("Bearer {}", token.expose()),
-            );
-        }
+    if let Some(client_id) = &identity.client_id {
+        set(headers, names.client_id.clone(), client_id);
+    }
+    if token && let Some(t) = &identity.access_token {
+        set(headers, names.access_token.clone(), t.expose());
     }
 }
 

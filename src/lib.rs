@@ -15,6 +15,7 @@
 //!
 //! [`config`] runs before all of it; [`error`] maps every failure to an HTTP answer in one place.
 
+pub mod authn;
 pub mod authz;
 pub mod body;
 pub mod cli;

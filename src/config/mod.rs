@@ -46,9 +46,91 @@ pub struct Config {
     /// `[[routes]]`: per-route policies, first match wins (in file order); requests no route
     /// matches get `default_policy`.
     pub routes: Vec<RouteConfig>,
-    /// `[authorization] default_policy`, default `Authenticated` when a provider is configured,
-    /// `Public` otherwise.
+    /// `[authorization] default_policy`, default `Authenticated` when a provider (or a bearer
+    /// issuer) is configured, `Public` otherwise.
     pub default_policy: Policy,
+    /// `[bearer]`: machine callers presenting access tokens. `None` when the section is absent
+    /// (or trusts no issuer and has no introspection).
+    pub bearer: Option<BearerConfig>,
+    /// `[password_bridge]`: legacy HTTP Basic clients, opt-in.
+    pub password_bridge: Option<PasswordBridgeConfig>,
+}
+
+/// `[bearer]`: which access tokens the gateway accepts, and from where.
+#[derive(Debug, Clone)]
+pub struct BearerConfig {
+    /// The provider's issuer when `enabled = true` (its keys come from the provider's own
+    /// discovery), then every `[[bearer.issuers]]` entry. Each is validated on its own.
+    pub issuers: Vec<IssuerConfig>,
+    /// `header`, default `authorization` (`Authorization: Bearer <token>`); any other name
+    /// carries the bare token.
+    pub header: HeaderName,
+    /// `query_parameter`, default none: a token in the URL is ignored unless named here (rule 16).
+    pub query_parameter: Option<String>,
+    /// `max_token_bytes`, default 8 KiB: larger tokens are refused before any parsing (rule 32).
+    pub max_token_bytes: usize,
+    /// `cache_entries`, default 100 000: verified tokens kept by hash.
+    pub cache_entries: u64,
+    /// `pass_token`, default true: the caller's token travels on to the upstream.
+    pub pass_token: bool,
+    /// `realm`, default `"gatehouse"`: named in every `WWW-Authenticate`.
+    pub realm: String,
+    /// `[bearer.introspection]`: opaque tokens (RFC 7662).
+    pub introspection: Option<IntrospectionConfig>,
+}
+
+/// Where an issuer's keys are found.
+#[derive(Debug, Clone)]
+pub enum IssuerKeys {
+    /// `[bearer] enabled`: the provider's JWKS (discovered or configured).
+    Provider,
+    /// `jwks_uri`.
+    Jwks(Url),
+    /// No `jwks_uri`: OpenID Connect discovery of the issuer.
+    Discovery,
+}
+
+/// One trusted token issuer.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// `issuer`: compared byte for byte with `iss` (root-path issuers in both spellings).
+    pub issuer: Url,
+    pub keys: IssuerKeys,
+    /// `audiences`: `aud` must contain one of them.
+    pub audiences: Vec<String>,
+    /// `algorithms`, default RS256, ES256, PS256, EdDSA; HMAC only with `hmac_secret`.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// `hmac_secret` / `hmac_secret_file`: the only key `HS*` tokens are checked with.
+    pub hmac_secret: Option<Secret<String>>,
+    /// `require_typ`, default false: the JOSE `typ` must be `at+jwt` (RFC 9068 §2.1).
+    pub require_typ: bool,
+    /// `leeway` (of `[bearer]`), default 60 s, at most 5 min: for `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+/// `[bearer.introspection]`.
+#[derive(Debug, Clone)]
+pub struct IntrospectionConfig {
+    /// `endpoint`, default the provider's `introspection_endpoint` from discovery.
+    pub endpoint: Option<Url>,
+    /// `client_id` + `client_secret`(`_file`), default the provider's client.
+    pub client_id: String,
+    pub client_auth: ClientAuth,
+    /// `cache_ttl`, default 60 s: results are kept until `min(exp, cache_ttl)` (rule 15).
+    pub cache_ttl: Duration,
+    /// `timeout` of each call: the provider's, else 10 s.
+    pub timeout: Duration,
+}
+
+/// `[password_bridge]`: `Authorization: Basic` on routes with `password_bridge = true` is
+/// exchanged for tokens with the resource owner password grant (deprecated, RFC 9700 §2.4).
+#[derive(Debug, Clone)]
+pub struct PasswordBridgeConfig {
+    /// `scopes`, default the provider's scopes.
+    pub scopes: Vec<String>,
+    /// `max_failures`, default 5: failed attempts per user name per minute before the gateway
+    /// stops asking the provider for that user (429 until the minute is over).
+    pub max_failures: u32,
 }
 
 /// How the gateway authenticates itself at the provider's token endpoint.
@@ -173,6 +255,9 @@ pub enum Policy {
     Require {
         groups: Vec<String>,
         claims: Vec<(Vec<String>, Vec<serde_json::Value>)>,
+        /// `scopes = [...]` (all of): from the token's `scope` or `scp`; 403 with
+        /// `error="insufficient_scope"` when one is missing.
+        scopes: Vec<String>,
     },
 }
 
@@ -186,6 +271,9 @@ pub struct RouteConfig {
     /// start; matched against the normalised path); exactly one of them.
     pub path: RoutePath,
     pub policy: Policy,
+    /// `password_bridge`, default false: HTTP Basic credentials are accepted here through
+    /// `[password_bridge]`.
+    pub password_bridge: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -277,6 +365,9 @@ pub struct IdentityNames {
     pub preferred_username: HeaderName,
     pub groups: HeaderName,
     pub access_token: HeaderName,
+    /// `client_id`, default `X-Forwarded-Client-Id`: the OAuth client a bearer token was
+    /// issued to (`client_id` or `azp` claim).
+    pub client_id: HeaderName,
 }
 
 #[derive(Debug, Clone)]

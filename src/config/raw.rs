@@ -20,6 +20,56 @@ pub struct RawConfig {
     pub session: Option<RawSession>,
     pub authorization: Option<RawAuthorization>,
     pub routes: Option<Vec<RawRoute>>,
+    pub bearer: Option<RawBearer>,
+    pub password_bridge: Option<RawPasswordBridge>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBearer {
+    pub enabled: Option<bool>,
+    pub audiences: Option<Vec<String>>,
+    pub algorithms: Option<Vec<String>>,
+    pub require_typ: Option<bool>,
+    pub leeway: Option<String>,
+    pub header: Option<String>,
+    pub query_parameter: Option<String>,
+    pub max_token_bytes: Option<i64>,
+    pub cache_entries: Option<i64>,
+    pub pass_token: Option<bool>,
+    pub realm: Option<String>,
+    pub introspection: Option<RawIntrospection>,
+    pub issuers: Option<Vec<RawIssuer>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub issuer: Option<String>,
+    pub jwks_uri: Option<String>,
+    pub audiences: Option<Vec<String>>,
+    pub algorithms: Option<Vec<String>>,
+    pub hmac_secret: Option<String>,
+    pub hmac_secret_file: Option<String>,
+    pub require_typ: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospection {
+    pub endpoint: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<String>,
+    pub cache_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPasswordBridge {
+    pub enabled: Option<bool>,
+    pub scopes: Option<Vec<String>>,
+    pub max_failures: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +113,7 @@ pub struct RawHeaders {
     pub preferred_username: Option<String>,
     pub groups: Option<String>,
     pub access_token: Option<String>,
+    pub client_id: Option<String>,
     pub pass_access_token: Option<bool>,
     pub pass_authorization_header: Option<bool>,
 }
@@ -149,6 +200,8 @@ pub struct RawRoute {
     pub path_regex: Option<String>,
     pub policy: Option<String>,
     pub groups: Option<Vec<String>>,
+    pub scopes: Option<Vec<String>>,
+    pub password_bridge: Option<bool>,
     /// Claim path (dotted, so quoted in TOML) → a string, boolean or number, or an array of
     /// them; anything else is refused by validation, with its position.
     pub claims: Option<BTreeMap<String, serde_json::Value>>,

@@ -19,6 +19,8 @@ use url::Url;
 
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 
+mod bearer;
+
 use super::raw::{
     RawAuthorization, RawConfig, RawHeaders, RawLog, RawProvider, RawRoute, RawServer, RawSession,
     RawTls, RawUpstream,
@@ -431,9 +433,25 @@ impl Ctx<'_> {
                 None
             }
         };
+        // Bearer issuers authenticate callers too, so routes may require authentication
+        // without a login provider.
+        let has_issuers = raw.bearer.as_ref().is_some_and(|b| {
+            b.enabled == Some(true) || b.issuers.as_ref().is_some_and(|i| !i.is_empty())
+        });
+        let can_authenticate = has_provider || has_issuers;
+        let bearer = raw
+            .bearer
+            .and_then(|b| self.bearer(b, provider.as_ref(), has_provider));
+        let password_bridge = raw.password_bridge.and_then(|b| {
+            self.password_bridge(b, provider.as_ref(), has_provider, bearer.as_ref())
+        });
         let (authorization, default_policy) =
-            self.authorization(raw.authorization.unwrap_or_default(), has_provider);
-        let routes = self.routes(raw.routes.unwrap_or_default(), has_provider);
+            self.authorization(raw.authorization.unwrap_or_default(), can_authenticate);
+        let routes = self.routes(
+            raw.routes.unwrap_or_default(),
+            can_authenticate,
+            password_bridge.is_some(),
+        );
         Config {
             source: source.map(Path::to_path_buf),
             server,
@@ -445,6 +463,8 @@ impl Ctx<'_> {
             authorization,
             routes,
             default_policy,
+            bearer,
+            password_bridge,
         }
     }
 
@@ -696,6 +716,7 @@ impl Ctx<'_> {
             ),
             groups: name("groups", raw.groups, "x-forwarded-groups"),
             access_token: name("access_token", raw.access_token, "x-forwarded-access-token"),
+            client_id: name("client_id", raw.client_id, "x-forwarded-client-id"),
         };
         // Whatever the gateway sets, it first removes from the client's request (rule 17).
         for set in [
@@ -704,6 +725,7 @@ impl Ctx<'_> {
             &names.preferred_username,
             &names.groups,
             &names.access_token,
+            &names.client_id,
         ] {
             if !identity.contains(set) {
                 identity.push(set.clone());
@@ -1679,7 +1701,7 @@ impl Ctx<'_> {
                 if !has_provider {
                     self.problem(
                         &p.key("default_policy"),
-                        "\"authenticated\" needs a [provider] to authenticate with",
+                        "\"authenticated\" needs a [provider] (or [bearer] issuers) to authenticate with",
                     );
                 }
                 Policy::Authenticated
@@ -1702,18 +1724,29 @@ impl Ctx<'_> {
         (config, default_policy)
     }
 
-    fn routes(&mut self, raw: Vec<RawRoute>, has_provider: bool) -> Vec<RouteConfig> {
+    fn routes(
+        &mut self,
+        raw: Vec<RawRoute>,
+        has_provider: bool,
+        has_bridge: bool,
+    ) -> Vec<RouteConfig> {
         let p = KeyPath::default().key("routes");
         let mut out = Vec::new();
         for (i, r) in raw.into_iter().enumerate() {
-            if let Some(route) = self.route(&p.index(i), r, has_provider) {
+            if let Some(route) = self.route(&p.index(i), r, has_provider, has_bridge) {
                 out.push(route);
             }
         }
         out
     }
 
-    fn route(&mut self, p: &KeyPath, raw: RawRoute, has_provider: bool) -> Option<RouteConfig> {
+    fn route(
+        &mut self,
+        p: &KeyPath,
+        raw: RawRoute,
+        has_provider: bool,
+        has_bridge: bool,
+    ) -> Option<RouteConfig> {
         let shown = match (&raw.path_prefix, &raw.path_regex) {
             (Some(s), _) => format!("path_prefix = {s:?}"),
             (None, Some(s)) => format!("path_regex = {s:?}"),
@@ -1825,11 +1858,35 @@ impl Ctx<'_> {
                 }
             }
         }
+        let scopes = raw.scopes;
+        if let Some(list) = &scopes {
+            if list.is_empty() {
+                self.problem(
+                    &p.key("scopes"),
+                    "must not be empty (omit it to allow any authenticated caller)",
+                );
+            }
+            for (i, s) in list.iter().enumerate() {
+                if !is_scope_token(s) {
+                    self.problem(
+                        &p.key("scopes").index(i),
+                        format!("`{s}` is not a scope (RFC 6749 §3.3: printable ASCII, no spaces, quotes or backslashes)"),
+                    );
+                }
+            }
+        }
         let has_groups = groups.is_some();
-        let requires = has_groups || raw.claims.is_some();
+        let has_scopes = scopes.is_some();
+        let requires = has_groups || raw.claims.is_some() || has_scopes;
         let policy = match raw.policy.as_deref() {
             Some("public") if requires => {
-                let key = if has_groups { "groups" } else { "claims" };
+                let key = if has_groups {
+                    "groups"
+                } else if has_scopes {
+                    "scopes"
+                } else {
+                    "claims"
+                };
                 self.problem(
                     &p.key("policy"),
                     format!("\"public\" cannot be combined with `{key}`: remove one of them"),
@@ -1840,6 +1897,7 @@ impl Ctx<'_> {
             None | Some("authenticated") if requires => Some(Policy::Require {
                 groups: groups.unwrap_or_default(),
                 claims,
+                scopes: scopes.unwrap_or_default(),
             }),
             None | Some("authenticated") => Some(Policy::Authenticated),
             Some(other) => {
@@ -1859,12 +1917,27 @@ impl Ctx<'_> {
                 "groups"
             } else if raw.policy.is_none() && raw.claims.is_some() {
                 "claims"
+            } else if raw.policy.is_none() && has_scopes {
+                "scopes"
             } else {
                 "policy"
             };
             self.problem(
                 &p.key(key),
-                format!("route {shown} requires authentication, which needs a [provider]; set policy = \"public\" or configure [provider]"),
+                format!("route {shown} requires authentication, which needs a [provider] (or [bearer] issuers); set policy = \"public\" or configure [provider]"),
+            );
+        }
+        let password_bridge = raw.password_bridge.unwrap_or(false);
+        if password_bridge && !has_bridge {
+            self.problem(
+                &p.key("password_bridge"),
+                "needs [password_bridge] enabled = true (and a working [password_bridge] section)",
+            );
+        }
+        if password_bridge && matches!(policy, Some(Policy::Public)) {
+            self.problem(
+                &p.key("password_bridge"),
+                "a public route authenticates nobody; remove password_bridge or the public policy",
             );
         }
         Some(RouteConfig {
@@ -1872,6 +1945,7 @@ impl Ctx<'_> {
             host,
             path: path?,
             policy: policy?,
+            password_bridge,
         })
     }
 }
@@ -1894,6 +1968,13 @@ const RESERVED_AUTH_PARAMS: [&str; 11] = [
     "request_uri",
     "response_mode",
 ];
+
+/// RFC 6749 §3.3 `scope-token`: `%x21 / %x23-5B / %x5D-7E`.
+fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+}
 
 fn is_loopback(url: &Url) -> bool {
     match url.host() {
@@ -2071,9 +2152,17 @@ fn render_routes(doc: &mut toml_edit::DocumentMut, routes: &[RouteConfig]) {
             RoutePath::Regex(re) => t["path_regex"] = value(re.as_str()),
         }
         t["policy"] = value(policy_name(&r.policy));
-        if let Policy::Require { groups, claims } = &r.policy {
+        if let Policy::Require {
+            groups,
+            claims,
+            scopes,
+        } = &r.policy
+        {
             if !groups.is_empty() {
                 t["groups"] = value(Array::from_iter(groups.iter().map(String::as_str)));
+            }
+            if !scopes.is_empty() {
+                t["scopes"] = value(Array::from_iter(scopes.iter().map(String::as_str)));
             }
             if !claims.is_empty() {
                 let mut ct = InlineTable::new();
@@ -2089,6 +2178,9 @@ fn render_routes(doc: &mut toml_edit::DocumentMut, routes: &[RouteConfig]) {
                 }
                 t["claims"] = value(ct);
             }
+        }
+        if r.password_bridge {
+            t["password_bridge"] = value(true);
         }
         out.push(t);
     }
@@ -2233,6 +2325,7 @@ pub fn render_effective(config: &Config) -> String {
     headers["preferred_username"] = value(n.preferred_username.as_str());
     headers["groups"] = value(n.groups.as_str());
     headers["access_token"] = value(n.access_token.as_str());
+    headers["client_id"] = value(n.client_id.as_str());
     headers["pass_access_token"] = value(config.headers.pass_access_token);
     headers["pass_authorization_header"] = value(config.headers.pass_authorization_header);
     doc["headers"] = Item::Table(headers);
@@ -2260,6 +2353,7 @@ pub fn render_effective(config: &Config) -> String {
         ups.push(t);
     }
     render_login(&mut doc, config);
+    bearer::render(&mut doc, config);
     doc["upstreams"] = Item::ArrayOfTables(ups);
     render_routes(&mut doc, &config.routes);
     doc.to_string()
@@ -2855,7 +2949,7 @@ mod tests {
         assert_eq!(
             p,
             vec![
-                "gatehouse.toml:2:18: authorization.default_policy: \"authenticated\" needs a [provider] to authenticate with"
+                "gatehouse.toml:2:18: authorization.default_policy: \"authenticated\" needs a [provider] (or [bearer] issuers) to authenticate with"
             ]
         );
         let c = load(&login("").replace(
@@ -2881,7 +2975,7 @@ mod tests {
         assert_eq!(r[0].methods, vec![http::Method::GET, http::Method::POST]);
         assert_eq!(r[0].host.as_deref(), Some("api.example.com"));
         assert!(matches!(r[0].policy, Policy::Authenticated));
-        let Policy::Require { groups, claims } = &r[1].policy else {
+        let Policy::Require { groups, claims, .. } = &r[1].policy else {
             panic!("require")
         };
         assert_eq!(groups, &["admins"]);

@@ -452,6 +452,8 @@ fn identity_of(session: Session) -> Identity {
         email_verified: session.email_verified,
         preferred_username: session.preferred_username,
         groups: session.groups,
+        client_id: None,
+        scopes: Vec::new(),
         claims: session.claims,
         access_token: session.access_token,
     }

@@ -4,6 +4,7 @@
 //! `/oauth2/`) belongs to the gateway: the login flow in [`login`], and a 404 from the gateway for
 //! any other path there, never a request to the app.
 
+pub mod forward_auth;
 pub mod login;
 pub mod pages;
 pub mod redirect;

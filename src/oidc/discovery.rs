@@ -21,6 +21,8 @@ pub struct Metadata {
     pub userinfo_endpoint: Option<Url>,
     pub jwks_uri: Option<Url>,
     pub end_session_endpoint: Option<Url>,
+    /// RFC 8414 `introspection_endpoint` (RFC 7662), for opaque bearer tokens.
+    pub introspection_endpoint: Option<Url>,
     /// `authorization_response_iss_parameter_supported` (RFC 9207): the callback's `iss` must
     /// then equal the issuer.
     pub iss_parameter_supported: bool,
@@ -42,6 +44,8 @@ struct Document {
     jwks_uri: String,
     #[serde(default)]
     end_session_endpoint: Option<String>,
+    #[serde(default)]
+    introspection_endpoint: Option<String>,
     #[serde(default)]
     authorization_response_iss_parameter_supported: bool,
     #[serde(default)]
@@ -106,6 +110,10 @@ pub async fn discover(http: &HttpClient, issuer: &Url) -> Result<Metadata, Provi
     let jwks_uri = endpoint("jwks_uri", &doc.jwks_uri)?;
     let end_session_endpoint =
         optional("end_session_endpoint", doc.end_session_endpoint.as_deref())?;
+    let introspection_endpoint = optional(
+        "introspection_endpoint",
+        doc.introspection_endpoint.as_deref(),
+    )?;
     Ok(Metadata {
         issuer: doc.issuer,
         authorization_endpoint,
@@ -113,6 +121,7 @@ pub async fn discover(http: &HttpClient, issuer: &Url) -> Result<Metadata, Provi
         userinfo_endpoint,
         jwks_uri: Some(jwks_uri),
         end_session_endpoint,
+        introspection_endpoint,
         iss_parameter_supported: doc.authorization_response_iss_parameter_supported,
         code_challenge_methods_supported: doc.code_challenge_methods_supported,
         id_token_signing_alg_values_supported: doc.id_token_signing_alg_values_supported,
@@ -134,6 +143,7 @@ pub fn from_endpoints(issuer: &Url, endpoints: &ProviderEndpoints) -> Metadata {
         userinfo_endpoint: endpoints.userinfo.clone(),
         jwks_uri: endpoints.jwks.clone(),
         end_session_endpoint: endpoints.end_session.clone(),
+        introspection_endpoint: None,
         // Nothing advertises RFC 9207, so a callback `iss` is not demanded.
         iss_parameter_supported: false,
         // PKCE S256 is always sent (rule 1); a provider that ignores it still works.

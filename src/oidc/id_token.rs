@@ -256,7 +256,7 @@ fn check_claims(claims: &Claims, expect: &Expectations<'_>) -> Result<(), IdToke
 }
 
 /// A NumericDate claim (RFC 7519 §2: may be fractional; we compare whole seconds).
-fn number(claims: &Claims, name: &'static str) -> Result<Option<u64>, IdTokenRejected> {
+pub(crate) fn number(claims: &Claims, name: &'static str) -> Result<Option<u64>, IdTokenRejected> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
@@ -279,7 +279,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Decodes one base64url JSON-object segment, refusing duplicate members (rule 32: parsers
 /// that disagree on which duplicate wins let an attacker show each a different value).
-fn decode_object(segment: &str) -> Result<Claims, IdTokenRejected> {
+pub(crate) fn decode_object(segment: &str) -> Result<Claims, IdTokenRejected> {
     let bytes = URL_SAFE_NO_PAD
         .decode(segment)
         .map_err(|_| IdTokenRejected::Malformed)?;

@@ -232,6 +232,19 @@ impl Provider {
             .await
     }
 
+    /// The resource owner password grant (the opt-in Basic-auth bridge only).
+    pub async fn password_grant(
+        &self,
+        username: &str,
+        password: &Secret<String>,
+        scope: &str,
+    ) -> Result<TokenResponse, ProviderError> {
+        let metadata = self.require_metadata()?;
+        self.token_call(&metadata)
+            .password(username, password, scope)
+            .await
+    }
+
     /// A refresh token grant.
     pub async fn refresh(
         &self,

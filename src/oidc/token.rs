@@ -180,8 +180,13 @@ pub struct TokenCall<'a> {
 }
 
 impl TokenCall<'_> {
-    async fn post(&self, grant: &[(&str, &str)]) -> Result<TokenResponse, ProviderError> {
-        let mut form: Vec<(&str, &str)> = grant.to_vec();
+    /// POSTs `fields` to the endpoint with the client's authentication (RFC 6749 §2.3; the
+    /// same for introspection, RFC 7662 §2.1) and decodes the JSON answer.
+    pub async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        fields: &[(&str, &str)],
+    ) -> Result<T, ProviderError> {
+        let mut form: Vec<(&str, &str)> = fields.to_vec();
         let assertion;
         let auth = match self.credentials {
             ClientCredentials::Basic(header) => Auth::Basic(header),
@@ -203,7 +208,11 @@ impl TokenCall<'_> {
                 Auth::None
             }
         };
-        let raw: RawTokenResponse = self.http.post_form(self.endpoint, &form, auth).await?;
+        self.http.post_form(self.endpoint, &form, auth).await
+    }
+
+    async fn post(&self, grant: &[(&str, &str)]) -> Result<TokenResponse, ProviderError> {
+        let raw: RawTokenResponse = self.post_json(grant).await?;
         let bad = |reason: &str| ProviderError::BadResponse {
             url: loggable(self.endpoint),
             reason: reason.to_owned(),
@@ -252,6 +261,25 @@ impl TokenCall<'_> {
             ("code_verifier", verifier.expose()),
         ])
         .await
+    }
+
+    /// The resource owner password credentials grant (RFC 6749 §4.3), for the opt-in bridge
+    /// of legacy Basic-auth clients only (deprecated by RFC 9700 §2.4).
+    pub async fn password(
+        &self,
+        username: &str,
+        password: &Secret<String>,
+        scope: &str,
+    ) -> Result<TokenResponse, ProviderError> {
+        let mut grant = vec![
+            ("grant_type", "password"),
+            ("username", username),
+            ("password", password.expose().as_str()),
+        ];
+        if !scope.is_empty() {
+            grant.push(("scope", scope));
+        }
+        self.post(&grant).await
     }
 
     /// The refresh token grant (RFC 6749 §6).

@@ -119,6 +119,11 @@ impl Proxy {
         })
     }
 
+    /// Whether `peer` is one of `[server] trusted_proxies` (rule 27).
+    pub fn is_trusted(&self, peer: std::net::IpAddr) -> bool {
+        self.headers.is_trusted(peer)
+    }
+
     pub fn header_rules(&self) -> &HeaderRules {
         &self.headers
     }

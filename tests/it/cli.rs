@@ -197,6 +197,32 @@ async fn demo_serves_its_echo_page_through_the_gateway() {
     let discovery = get(&format!("{issuer}/.well-known/openid-configuration")).await;
     assert_eq!(discovery.status, 200);
     assert_eq!(discovery.json()["issuer"], issuer.as_str());
+
+    // The banner's two curl lines work: a machine token from the provider opens the app.
+    let secret = banner
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("demo-service:"))
+        .expect("no client credentials in the banner");
+    let token = support::send(
+        http::Request::post(format!("{issuer}/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+                "grant_type=client_credentials&client_id=demo-service&client_secret={secret}"
+            ))))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(token.status, 200, "{}", token.text());
+    let token = token.json()["access_token"].as_str().unwrap().to_owned();
+    let page = support::send(
+        http::Request::get(format!("http://{addr}/hello?format=json"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains("demo-service"), "{}", page.text());
 }
 
 #[test]

@@ -8,52 +8,8 @@ use http::Request;
 use http_body_util::Full;
 
 use crate::support::upstream::Upstream;
-use crate::support::world::{Browser, World, absolute, free_addr, hidden, location};
-use crate::support::{Gateway, Reply, send};
-
-/// Logs `user` in starting from `path`, returns the final reply (the page after login) and the
-/// callback URL that was used (for replay tests).
-async fn login(
-    world: &World,
-    browser: &mut Browser,
-    path: &str,
-    user: &str,
-    groups: &[&str],
-) -> (Reply, String) {
-    let gw = world.gw.url("");
-    let to_provider = location(&browser.get(&world.gw.url(path)).await);
-    assert!(
-        to_provider.starts_with(world.provider.issuer()),
-        "{to_provider}"
-    );
-    assert!(
-        to_provider.contains("code_challenge_method=S256"),
-        "{to_provider}"
-    );
-    let form_page = browser.get(&to_provider).await;
-    assert_eq!(form_page.status, 200, "{}", form_page.text());
-    let request_id = hidden(&form_page.text(), "request_id");
-    let mut form =
-        format!("request_id={request_id}&username={user}&email={user}%40example.com&action=login");
-    for g in groups {
-        form.push_str(&format!("&groups={g}"));
-    }
-    let back = browser
-        .request(
-            "POST",
-            &format!("{}/authorize", world.provider.issuer()),
-            Some(form),
-        )
-        .await;
-    let callback = location(&back);
-    assert!(
-        callback.starts_with(&format!("{gw}/oauth2/callback")),
-        "{callback}"
-    );
-    let landed = browser.get(&callback).await;
-    let target = absolute(&gw, &location(&landed));
-    (browser.get(&target).await, callback)
-}
+use crate::support::world::{Browser, World, free_addr, hidden, location, login};
+use crate::support::{Gateway, send};
 
 #[tokio::test]
 async fn a_deep_link_survives_login_and_the_app_receives_the_identity() {

@@ -13,6 +13,7 @@ mod support;
 
 mod browser;
 mod cli;
+mod forward_auth;
 mod id_token_attacks;
 mod login;
 mod proxy;

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod nginx;
 pub mod upstream;
 pub mod world;
 

@@ -32,6 +32,13 @@ pub struct Seen {
     pub body_len: u64,
 }
 
+impl Seen {
+    /// The one value of `name`, as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
 #[derive(Clone)]
 pub struct Upstream {
     pub addr: SocketAddr,

@@ -37,6 +37,15 @@ impl World {
 
     /// The same, with a provider that issues ID tokens with `fault`.
     pub async fn start_with(fault: Option<IdTokenFault>, extra: &str) -> Self {
+        Self::start_full(fault, "", extra).await
+    }
+
+    /// A world whose `[server]` table gets `server` lines too (e.g. `trusted_proxies`).
+    pub async fn start_with_server(server: &str, extra: &str) -> Self {
+        Self::start_full(None, server, extra).await
+    }
+
+    async fn start_full(fault: Option<IdTokenFault>, server: &str, extra: &str) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let issuer = format!("http://{}", listener.local_addr().unwrap());
         let gw_addr = free_addr();
@@ -52,7 +61,7 @@ impl World {
         }));
         let app = Upstream::start().await;
         let config = format!(
-            "[server]\nlisten = \"{gw_addr}\"\npublic_url = \"{public}\"\n\n\
+            "[server]\nlisten = \"{gw_addr}\"\npublic_url = \"{public}\"\n{server}\n\n\
              [provider]\nissuer = \"{issuer}\"\nclient_id = \"gatehouse\"\nclient_secret = \"{secret}\"\n\n\
              [session]\nsecret = \"c2Vzc2lvbi1zZWNyZXQtZm9yLXRlc3RzLW9ubHktMzJieXRlcyE=\"\n\n\
              {extra}\n\
@@ -171,4 +180,48 @@ pub fn hidden(html: &str, name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} in {html}"))
         + marker.len();
     html[start..start + html[start..].find('"').unwrap()].to_owned()
+}
+
+/// Logs `user` in starting from `path`, returns the final reply (the page after login) and the
+/// callback URL that was used (for replay tests).
+pub async fn login(
+    world: &World,
+    browser: &mut Browser,
+    path: &str,
+    user: &str,
+    groups: &[&str],
+) -> (Reply, String) {
+    let gw = world.gw.url("");
+    let to_provider = location(&browser.get(&world.gw.url(path)).await);
+    assert!(
+        to_provider.starts_with(world.provider.issuer()),
+        "{to_provider}"
+    );
+    assert!(
+        to_provider.contains("code_challenge_method=S256"),
+        "{to_provider}"
+    );
+    let form_page = browser.get(&to_provider).await;
+    assert_eq!(form_page.status, 200, "{}", form_page.text());
+    let request_id = hidden(&form_page.text(), "request_id");
+    let mut form =
+        format!("request_id={request_id}&username={user}&email={user}%40example.com&action=login");
+    for g in groups {
+        form.push_str(&format!("&groups={g}"));
+    }
+    let back = browser
+        .request(
+            "POST",
+            &format!("{}/authorize", world.provider.issuer()),
+            Some(form),
+        )
+        .await;
+    let callback = location(&back);
+    assert!(
+        callback.starts_with(&format!("{gw}/oauth2/callback")),
+        "{callback}"
+    );
+    let landed = browser.get(&callback).await;
+    let target = absolute(&gw, &location(&landed));
+    (browser.get(&target).await, callback)
 }

@@ -1,0 +1,171 @@
+//! Authenticate, the answers to callers who are not let through (RFC 6750 §3): the
+//! `WWW-Authenticate` challenges and their JSON bodies. Descriptions name what is wrong, never
+//! a value from the token or the key.
+
+use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+use serde_json::json;
+
+use super::Refusal;
+use crate::body::Body;
+use crate::endpoints::pages;
+
+/// The challenge for `realm` with the RFC 6750 attributes given.
+fn challenge(
+    realm: &str,
+    error: Option<&str>,
+    description: Option<&str>,
+    scope: Option<&str>,
+) -> HeaderValue {
+    let mut text = format!("Bearer realm=\"{realm}\"");
+    for (name, value) in [
+        ("error", error),
+        ("error_description", description),
+        ("scope", scope),
+    ] {
+        if let Some(v) = value {
+            // Values are our own constants and scope tokens (RFC 6749 §3.3 excludes `"` and
+            // `\`); strip them anyway so a configuration can never break the header.
+            let v: String = v
+                .chars()
+                .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+                .collect();
+            text.push_str(&format!(", {name}=\"{v}\""));
+        }
+    }
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+}
+
+fn basic_challenge(realm: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("Basic"))
+}
+
+/// No credential on a route that needs one: 401 with a bare challenge (RFC 6750 §3.1: no
+/// error code when the request had no authentication). `basic` adds a Basic challenge for
+/// routes with the password bridge.
+/// `login_url` tells a script where a person would sign in, when browsers can.
+pub fn missing(realm: &str, basic: bool, login_url: Option<&str>) -> Response<Body> {
+    let mut body = json!({"error": "unauthorized", "error_description": "a bearer token or a session is required"});
+    if let Some(url) = login_url {
+        body["login_url"] = json!(url);
+    }
+    let mut resp = pages::json(StatusCode::UNAUTHORIZED, &body);
+    let h = resp.headers_mut();
+    h.insert(WWW_AUTHENTICATE, challenge(realm, None, None, None));
+    if basic {
+        h.append(WWW_AUTHENTICATE, basic_challenge(realm));
+    }
+    resp
+}
+
+/// A presented credential was refused.
+pub fn refused(refusal: Refusal, realm: &str) -> Response<Body> {
+    let (status, error, description, basic) = match refusal {
+        Refusal::InvalidToken(r) => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            r.description,
+            false,
+        ),
+        Refusal::InvalidRequest(why) => (StatusCode::BAD_REQUEST, "invalid_request", why, false),
+        Refusal::BadCredentials => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "the user name or password was refused",
+            true,
+        ),
+        Refusal::TooManyAttempts => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            "too many failed attempts; try again in a minute",
+            true,
+        ),
+    };
+    let mut resp = pages::json(
+        status,
+        &json!({"error": error, "error_description": description}),
+    );
+    let h = resp.headers_mut();
+    if basic {
+        h.insert(WWW_AUTHENTICATE, basic_challenge(realm));
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            h.insert(RETRY_AFTER, HeaderValue::from_static("60"));
+        }
+    } else {
+        h.insert(
+            WWW_AUTHENTICATE,
+            challenge(realm, Some(error), Some(description), None),
+        );
+    }
+    resp
+}
+
+/// The caller is known but its token lacks `scopes` (RFC 6750 §3.1 `insufficient_scope`).
+pub fn insufficient_scope(realm: &str, scopes: &[String]) -> Response<Body> {
+    let scope = scopes.join(" ");
+    let description = "the token lacks a scope this route requires";
+    let mut resp = pages::json(
+        StatusCode::FORBIDDEN,
+        &json!({"error": "insufficient_scope", "error_description": description, "scope": scope}),
+    );
+    resp.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        challenge(
+            realm,
+            Some("insufficient_scope"),
+            Some(description),
+            Some(&scope),
+        ),
+    );
+    resp
+}
+
+/// A dependency of authentication could not be asked: 503, try again shortly (rule 36).
+pub fn unavailable(what: &str) -> Response<Body> {
+    tracing::warn!(
+        dependency = what,
+        "authentication dependency unavailable; answering 503"
+    );
+    let mut resp = pages::json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"error": "temporarily_unavailable", "error_description": "authentication is unavailable; try again shortly"}),
+    );
+    resp.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::Rejection;
+
+    #[test]
+    fn challenges_follow_rfc_6750() {
+        let r = missing("api", false, None);
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer realm=\"api\"");
+        let r = refused(
+            Refusal::InvalidToken(Rejection {
+                reason: "expired",
+                description: "the token has expired",
+            }),
+            "api",
+        );
+        assert_eq!(
+            r.headers()[WWW_AUTHENTICATE],
+            "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"the token has expired\""
+        );
+        let r = insufficient_scope("api", &["a:read".into(), "b".into()]);
+        assert_eq!(r.status(), 403);
+        assert_eq!(
+            r.headers()[WWW_AUTHENTICATE],
+            "Bearer realm=\"api\", error=\"insufficient_scope\", error_description=\"the token lacks a scope this route requires\", scope=\"a:read b\""
+        );
+        let r = missing("api", true, None);
+        let all: Vec<_> = r.headers().get_all(WWW_AUTHENTICATE).iter().collect();
+        assert_eq!(all.len(), 2);
+        assert_eq!(refused(Refusal::TooManyAttempts, "api").status(), 429);
+    }
+}

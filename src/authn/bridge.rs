@@ -1,0 +1,153 @@
+//! Authenticate, the legacy password bridge (opt-in, off by default): on routes that allow it,
+//! HTTP Basic credentials are exchanged at the provider's token endpoint with the resource
+//! owner password grant (RFC 6749 §4.3, deprecated by RFC 9700 §2.4), and the request goes on
+//! as a bearer caller with the token obtained.
+//!
+//! Credentials are never stored: the token is remembered under an HMAC of user and password
+//! with a key that lives only in this process, until shortly before the token expires. Failed
+//! attempts are counted per user name, and past `max_failures` in a minute the provider is not
+//! asked again for that user until the minute is over (password guessing through the gateway).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::hmac;
+use rand::RngCore;
+
+use crate::config::{PasswordBridgeConfig, Secret};
+use crate::oidc::{Provider, ProviderError};
+
+/// Tokens are given up this long before they expire, so none is used at its last second.
+const EARLY: Duration = Duration::from_secs(10);
+/// Without `expires_in`, a token is kept this long.
+const DEFAULT_KEEP: Duration = Duration::from_secs(60);
+const MAX_KEEP: Duration = Duration::from_secs(3600);
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BridgeError {
+    /// The provider refused the credentials (`invalid_grant`, RFC 6749 §5.2).
+    BadCredentials,
+    TooManyAttempts,
+    /// The provider could not be asked.
+    Unavailable,
+}
+
+struct Bought {
+    token: Secret<String>,
+    until: Instant,
+}
+
+struct UntilDue;
+
+impl moka::Expiry<[u8; 32], Arc<Bought>> for UntilDue {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<Bought>,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.until.saturating_duration_since(created_at))
+    }
+}
+
+pub struct PasswordBridge {
+    provider: Arc<Provider>,
+    scope: String,
+    key: hmac::Key,
+    tokens: moka::future::Cache<[u8; 32], Arc<Bought>>,
+    failures: moka::sync::Cache<String, Arc<AtomicU32>>,
+    max_failures: u32,
+}
+
+impl std::fmt::Debug for PasswordBridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordBridge")
+            .field("scope", &self.scope)
+            .field("max_failures", &self.max_failures)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PasswordBridge {
+    pub fn new(config: &PasswordBridgeConfig, provider: Arc<Provider>) -> Self {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        Self {
+            provider,
+            scope: config.scopes.join(" "),
+            key: hmac::Key::new(hmac::HMAC_SHA256, &key),
+            tokens: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .expire_after(UntilDue)
+                .build(),
+            failures: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(FAILURE_WINDOW)
+                .build(),
+            max_failures: config.max_failures,
+        }
+    }
+
+    /// The access token these credentials buy, from the cache or the provider.
+    pub async fn exchange(
+        &self,
+        user: &str,
+        password: &Secret<String>,
+    ) -> Result<Secret<String>, BridgeError> {
+        let failures = self
+            .failures
+            .get(user)
+            .map_or(0, |n| n.load(Ordering::Relaxed));
+        if failures >= self.max_failures {
+            tracing::warn!(user = %user, "password bridge: too many failed attempts; not asking the provider");
+            return Err(BridgeError::TooManyAttempts);
+        }
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(user.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(password.expose().as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(ctx.sign().as_ref());
+
+        let bought = self
+            .tokens
+            .try_get_with(key, async {
+                let answer = self
+                    .provider
+                    .password_grant(user, password, &self.scope)
+                    .await?;
+                let keep = answer
+                    .expires_in
+                    .map_or(DEFAULT_KEEP, Duration::from_secs)
+                    .min(MAX_KEEP)
+                    .saturating_sub(EARLY);
+                Ok::<_, ProviderError>(Arc::new(Bought {
+                    token: answer.access_token,
+                    until: Instant::now() + keep,
+                }))
+            })
+            .await;
+        match bought {
+            Ok(b) => Ok(b.token.clone()),
+            Err(e) => match &*e {
+                // RFC 6749 §5.2: `invalid_grant` is what wrong resource owner credentials get;
+                // anything else (`invalid_client`, `unsupported_grant_type`) is our setup.
+                ProviderError::Status { error, .. }
+                    if error.as_deref() == Some("invalid_grant") =>
+                {
+                    self.failures
+                        .get_with(user.to_owned(), || Arc::new(AtomicU32::new(0)))
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(user = %user, "password bridge: credentials refused by the provider");
+                    Err(BridgeError::BadCredentials)
+                }
+                other => {
+                    tracing::warn!(error = %other, "password bridge: the provider could not be asked");
+                    Err(BridgeError::Unavailable)
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Authenticate, bearer JWTs: checks an access token against the issuer that signed it
+//! (security rules 14, 32; RFC 8725, RFC 9068) and turns its claims into an [`Identity`].
+//!
+//! Every trusted issuer is checked on its own: its `iss`, its key set, its algorithms, its
+//! audiences. Keys come from the issuer's JWKS only — `jku`, `x5u`, `jwk` and `x5c` headers are
+//! never followed, since a token must not name the key that verifies it. A verified token is
+//! remembered by the SHA-256 of its text (never the text) until its `exp`, so a hot token costs
+//! one hash and one lookup instead of a signature check.
+//!
+//! What this module does not do: find the token in the request (`bearer.rs`), opaque tokens
+//! (`introspection.rs`), or decide what the identity may do (`authz.rs`).
+
+use std::str::FromStr;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::digest;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
+
+use super::{Rejection, Verdict, identity_from_claims};
+use crate::config::{IssuerConfig, IssuerKeys};
+use crate::identity::Identity;
+use crate::oidc::discovery::{self, issuer_spellings};
+use crate::oidc::id_token::{IdTokenRejected, decode_object, number};
+use crate::oidc::{HttpClient, JWKS_REFETCH_INTERVAL, Jwks, Provider, ProviderError};
+
+/// A token's SHA-256: the only form in which tokens are remembered.
+pub type TokenHash = [u8; 32];
+
+pub fn token_hash(token: &str) -> TokenHash {
+    let d = digest::digest(&digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// What a verified token says, kept in the cache.
+#[derive(Debug)]
+pub struct Verified {
+    /// The identity, without the token itself.
+    pub identity: Identity,
+    /// Past this instant (`exp` plus leeway) the entry is worthless.
+    pub valid_until: Instant,
+    /// `exp` plus leeway, in Unix seconds, checked again on every hit.
+    pub valid_until_unix: u64,
+}
+
+/// The cache expires each entry at its own `valid_until` (rule 15: never past `exp`).
+pub struct UntilValid;
+
+impl moka::Expiry<TokenHash, Arc<Verified>> for UntilValid {
+    fn expire_after_create(
+        &self,
+        _key: &TokenHash,
+        value: &Arc<Verified>,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.valid_until.saturating_duration_since(created_at))
+    }
+}
+
+/// Where one issuer's keys come from.
+enum Keys {
+    /// The login provider's key set (`[bearer] enabled`), kept fresh by the provider.
+    Provider(Arc<Provider>),
+    /// A key set of our own, loaded and refreshed by [`JwtVerifier::start`].
+    Own(Box<Jwks>),
+}
+
+struct TrustedIssuer {
+    /// The accepted `iss` strings (a root-path issuer in both spellings).
+    spellings: Vec<String>,
+    config: IssuerConfig,
+    keys: Keys,
+}
+
+impl TrustedIssuer {
+    fn jwks(&self) -> &Jwks {
+        match &self.keys {
+            Keys::Provider(p) => p.jwks(),
+            Keys::Own(j) => j,
+        }
+    }
+}
+
+/// All trusted issuers and the verified-token cache. Shared by every worker.
+pub struct JwtVerifier {
+    issuers: Vec<TrustedIssuer>,
+    verified: moka::sync::Cache<TokenHash, Arc<Verified>>,
+    groups_claim: Vec<String>,
+    http: HttpClient,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field(
+                "issuers",
+                &self
+                    .issuers
+                    .iter()
+                    .map(|i| i.config.issuer.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("cached", &self.verified.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtVerifier {
+    /// No network I/O; [`JwtVerifier::start`] loads the keys of issuers that are not the
+    /// provider.
+    pub fn new(
+        issuers: &[IssuerConfig],
+        provider: Option<&Arc<Provider>>,
+        cache_entries: u64,
+        groups_claim: Vec<String>,
+    ) -> Result<Self, ProviderError> {
+        let http = HttpClient::new(Duration::from_secs(10))?;
+        let mut out = Vec::new();
+        for config in issuers {
+            let keys = match (&config.keys, provider) {
+                (IssuerKeys::Provider, Some(p)) => Keys::Provider(p.clone()),
+                (IssuerKeys::Provider, None) => {
+                    return Err(ProviderError::Setup {
+                        reason: "[bearer] enabled needs [provider]".to_owned(),
+                    });
+                }
+                (IssuerKeys::Jwks(url), _) => Keys::Own(Box::new(Jwks::new(
+                    url.clone(),
+                    http.clone(),
+                    JWKS_REFETCH_INTERVAL,
+                ))),
+                (IssuerKeys::Discovery, _) => Keys::Own(Box::new(Jwks::without_url(
+                    http.clone(),
+                    JWKS_REFETCH_INTERVAL,
+                ))),
+            };
+            out.push(TrustedIssuer {
+                spellings: issuer_spellings(&config.issuer),
+                config: config.clone(),
+                keys,
+            });
+        }
+        let verified = moka::sync::Cache::builder()
+            .max_capacity(cache_entries)
+            .expire_after(UntilValid)
+            .build();
+        Ok(Self {
+            issuers: out,
+            verified,
+            groups_claim,
+            http,
+        })
+    }
+
+    /// Spawns, on the current runtime, the task that discovers and loads the keys of our own
+    /// issuers and refreshes them hourly. A failure is retried with backoff; until keys are
+    /// loaded, tokens of that issuer get 503 (rule 36), never a pass.
+    pub fn start(self: &Arc<Self>) {
+        if !self.issuers.iter().any(|i| matches!(i.keys, Keys::Own(_))) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("JwtVerifier::start called outside a tokio runtime");
+            return;
+        };
+        runtime.spawn(keep_loaded(Arc::downgrade(self)));
+    }
+
+    /// How many JWKS fetches all issuers made (for tests and metrics).
+    pub fn jwks_fetches(&self) -> u64 {
+        self.issuers.iter().map(|i| i.jwks().fetch_count()).sum()
+    }
+
+    /// The verdict on `token`, already known to be of a sane size and a compact JWS shape.
+    pub async fn verify(&self, token: &str, now: u64) -> Verdict {
+        let hash = token_hash(token);
+        if let Some(hit) = self.verified.get(&hash)
+            && hit.valid_until_unix > now
+        {
+            return Verdict::Valid(hit.identity.clone());
+        }
+        match self.check(token, now).await {
+            Ok(verified) => {
+                let identity = verified.identity.clone();
+                self.verified.insert(hash, Arc::new(verified));
+                Verdict::Valid(identity)
+            }
+            Err(Check::Invalid(r)) => Verdict::Invalid(r),
+            Err(Check::Unavailable) => Verdict::Unavailable("token signing keys"),
+        }
+    }
+
+    async fn check(&self, token: &str, now: u64) -> Result<Verified, Check> {
+        let mut parts = token.split('.');
+        let (Some(h64), Some(p64), Some(s64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid("not_compact_jws", "the token is not a signed JWT"));
+        };
+        if h64.is_empty() || p64.is_empty() || s64.is_empty() {
+            return Err(invalid("not_compact_jws", "the token is not a signed JWT"));
+        }
+        let header = decode_object(h64).map_err(malformed)?;
+        let claims = decode_object(p64).map_err(malformed)?;
+
+        // The issuer decides everything else, so find it first; an untrusted one is simply
+        // not ours.
+        let iss = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("missing_iss", "the token has no issuer"))?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.spellings.iter().any(|s| s == iss))
+            .ok_or_else(|| invalid("untrusted_issuer", "the token's issuer is not trusted"))?;
+        let cfg = &issuer.config;
+
+        let alg = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .and_then(|a| Algorithm::from_str(a).ok())
+            .filter(|a| cfg.algorithms.contains(a))
+            .ok_or_else(|| {
+                invalid(
+                    "algorithm_not_allowed",
+                    "the token's algorithm is not accepted",
+                )
+            })?;
+        // RFC 7515 §4.1.11: extensions we do not understand must be refused; we understand none.
+        if header.contains_key("crit") {
+            return Err(invalid(
+                "crit_header",
+                "the token has critical header extensions",
+            ));
+        }
+        if cfg.require_typ {
+            let typ = header.get("typ").and_then(Value::as_str).unwrap_or("");
+            let typ = typ.strip_prefix("application/").unwrap_or(typ);
+            if !typ.eq_ignore_ascii_case("at+jwt") {
+                return Err(invalid(
+                    "wrong_typ",
+                    "the token is not an access token (typ at+jwt)",
+                ));
+            }
+        }
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Value::String(k)) => Some(k.as_str()),
+            Some(_) => return Err(malformed(IdTokenRejected::Malformed)),
+        };
+
+        // HMAC only with the configured shared secret: a token "signed" with the issuer's
+        // public key as an HMAC secret can never verify (algorithm confusion, rule 14).
+        let hmac;
+        let published;
+        let key: &DecodingKey =
+            if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+                let secret = cfg.hmac_secret.as_ref().ok_or_else(|| {
+                    invalid(
+                        "algorithm_not_allowed",
+                        "the token's algorithm is not accepted",
+                    )
+                })?;
+                hmac = DecodingKey::from_secret(secret.expose().as_bytes());
+                &hmac
+            } else {
+                let found = match kid {
+                    Some(kid) => issuer.jwks().get(kid).await,
+                    None => issuer.jwks().get_only(alg).await,
+                };
+                let found = found
+                    .map_err(|_| Check::Unavailable)?
+                    .filter(|k| k.accepts(alg))
+                    .ok_or_else(|| {
+                        invalid("unknown_key", "the token's signing key is not known")
+                    })?;
+                published = found;
+                &published.key
+            };
+        let message_len = h64.len() + 1 + p64.len();
+        let message = &token.as_bytes()[..message_len];
+        match jsonwebtoken::crypto::verify(s64, message, key, alg) {
+            Ok(true) => {}
+            _ => return Err(invalid("bad_signature", "the token's signature is invalid")),
+        }
+
+        // Claims, against our clock with bounded leeway.
+        let leeway = cfg.leeway.as_secs();
+        let exp = number(&claims, "exp")
+            .map_err(malformed)?
+            .ok_or_else(|| invalid("missing_exp", "the token has no expiry"))?;
+        if exp.saturating_add(leeway) <= now {
+            return Err(invalid("expired", "the token has expired"));
+        }
+        if let Some(nbf) = number(&claims, "nbf").map_err(malformed)?
+            && nbf > now.saturating_add(leeway)
+        {
+            return Err(invalid("not_yet_valid", "the token is not valid yet"));
+        }
+        if let Some(iat) = number(&claims, "iat").map_err(malformed)?
+            && iat > now.saturating_add(leeway)
+        {
+            return Err(invalid(
+                "iat_in_future",
+                "the token was issued in the future",
+            ));
+        }
+        let aud_ok = match claims.get("aud") {
+            Some(Value::String(a)) => cfg.audiences.contains(a),
+            Some(Value::Array(list)) => list
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|a| cfg.audiences.iter().any(|c| c == a)),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(invalid(
+                "wrong_audience",
+                "the token is not meant for this audience",
+            ));
+        }
+        let identity = identity_from_claims(claims, &self.groups_claim)
+            .ok_or_else(|| invalid("missing_sub", "the token names no subject"))?;
+        let valid_until_unix = exp.saturating_add(leeway);
+        let valid_until =
+            Instant::now() + Duration::from_secs(valid_until_unix.saturating_sub(now));
+        Ok(Verified {
+            identity,
+            valid_until,
+            valid_until_unix,
+        })
+    }
+}
+
+enum Check {
+    Invalid(Rejection),
+    Unavailable,
+}
+
+fn invalid(reason: &'static str, description: &'static str) -> Check {
+    Check::Invalid(Rejection {
+        reason,
+        description,
+    })
+}
+
+fn malformed(e: IdTokenRejected) -> Check {
+    match e {
+        IdTokenRejected::DuplicateMember => {
+            invalid("duplicate_member", "the token has a duplicate JSON member")
+        }
+        _ => invalid("malformed", "the token is malformed"),
+    }
+}
+
+/// Whether `token` looks like a compact JWS (three base64url segments, a JSON object header):
+/// such tokens are checked here, anything else goes to introspection.
+pub fn looks_like_jwt(token: &str) -> bool {
+    let mut parts = token.splitn(2, '.');
+    let Some(head) = parts.next() else {
+        return false;
+    };
+    parts.next().is_some()
+        && URL_SAFE_NO_PAD
+            .decode(head)
+            .is_ok_and(|h| h.first() == Some(&b'{'))
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const REFRESH_EVERY: Duration = Duration::from_secs(3600);
+
+/// Loads every own issuer (discovery first when it has no `jwks_uri`), retrying with backoff,
+/// then refreshes hourly. Ends when the verifier is dropped.
+async fn keep_loaded(weak: Weak<JwtVerifier>) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let Some(verifier) = weak.upgrade() else {
+            return;
+        };
+        let mut all_ok = true;
+        for issuer in &verifier.issuers {
+            let Keys::Own(jwks) = &issuer.keys else {
+                continue;
+            };
+            if let Err(e) = load(&verifier.http, issuer, jwks).await {
+                all_ok = false;
+                tracing::warn!(issuer = %issuer.config.issuer, error = %e, "bearer issuer keys not loaded; its tokens get 503 until they are");
+            }
+        }
+        drop(verifier);
+        if all_ok {
+            backoff = FIRST_BACKOFF;
+            tokio::time::sleep(REFRESH_EVERY).await;
+        } else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+async fn load(http: &HttpClient, issuer: &TrustedIssuer, jwks: &Jwks) -> Result<(), ProviderError> {
+    if matches!(issuer.config.keys, IssuerKeys::Discovery) {
+        let found = discovery::discover(http, &issuer.config.issuer).await?;
+        match found.jwks_uri {
+            Some(url) => jwks.set_url(url),
+            None => return Err(ProviderError::Unsupported { what: "jwks_uri" }),
+        }
+    }
+    jwks.refresh().await
+}

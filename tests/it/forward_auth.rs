@@ -1,0 +1,210 @@
+//! Forward-auth mode: a real Debian nginx with `auth_request` in front of the app asks
+//! Gatehouse's `/oauth2/auth` about every request, for a session cookie and for a bearer token;
+//! Gatehouse itself forwards nothing. Also: the original URI is believed only from trusted
+//! proxies (rule 27).
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::nginx::Nginx;
+use crate::support::world::{World, login};
+use crate::support::{Reply, get, send};
+use gatehouse::demo::provider::SERVICE_CLIENT_ID;
+
+const BEARER: &str = "[bearer]\nenabled = true\naudiences = [\"gatehouse\"]\n\n\
+    [[routes]]\npath_prefix = \"/public\"\npolicy = \"public\"\n\n\
+    [[routes]]\npath_prefix = \"/orders\"\nscopes = [\"orders:write\"]\n";
+
+/// nginx in front of the world's app, asking the world's gateway.
+fn nginx_for(world: &World) -> Nginx {
+    let gw = world.gw.addr;
+    let app = world.app.url();
+    Nginx::start(&format!(
+        r#"
+    location = /oauth2/auth {{
+        internal;
+        proxy_pass http://{gw};
+        proxy_pass_request_body off;
+        proxy_set_header Content-Length "";
+        proxy_set_header X-Original-URI $request_uri;
+        proxy_set_header X-Forwarded-Method $request_method;
+        proxy_set_header X-Forwarded-Host $host;
+    }}
+    location / {{
+        auth_request /oauth2/auth;
+        auth_request_set $user $upstream_http_x_auth_request_user;
+        auth_request_set $email $upstream_http_x_auth_request_email;
+        auth_request_set $groups $upstream_http_x_auth_request_groups;
+        auth_request_set $client $upstream_http_x_auth_request_client_id;
+        auth_request_set $challenge $upstream_http_www_authenticate;
+        proxy_set_header X-Forwarded-User $user;
+        proxy_set_header X-Forwarded-Email $email;
+        proxy_set_header X-Forwarded-Groups $groups;
+        proxy_set_header X-Forwarded-Client-Id $client;
+        error_page 401 = @unauthorized;
+        proxy_pass {app};
+    }}
+    location @unauthorized {{
+        add_header WWW-Authenticate $challenge always;
+        return 401 "sign in\n";
+    }}
+"#
+    ))
+}
+
+async fn service_token(world: &World) -> String {
+    let req = Request::post(format!("{}/token", world.provider.issuer()))
+        .header(
+            "authorization",
+            format!(
+                "Basic {}",
+                base64_encode(&format!(
+                    "{SERVICE_CLIENT_ID}:{}",
+                    world.provider.service_client_secret().expose()
+                ))
+            ),
+        )
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from("grant_type=client_credentials")))
+        .unwrap();
+    let reply = send(req).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()["access_token"].as_str().unwrap().to_owned()
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(req.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+#[tokio::test]
+async fn nginx_auth_request_lets_a_bearer_token_through_with_its_identity() {
+    let world = World::start_with_server("trusted_proxies = [\"127.0.0.1/32\"]", BEARER).await;
+    let nginx = nginx_for(&world);
+    let token = service_token(&world).await;
+
+    let ok = get_with(
+        &nginx.url("/api/items?x=1"),
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("x-forwarded-user", "admin"),
+        ],
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{} {}", ok.text(), nginx.error_log());
+    let seen = world.app.last();
+    assert_eq!(seen.header("x-forwarded-user"), Some(SERVICE_CLIENT_ID));
+    assert_eq!(
+        seen.header("x-forwarded-client-id"),
+        Some(SERVICE_CLIENT_ID)
+    );
+    assert_eq!(seen.target, "/api/items?x=1");
+
+    // No credential: nginx answers 401 and passes the gateway's challenge on.
+    let none = get(&nginx.url("/api/items")).await;
+    assert_eq!(none.status, 401);
+    assert_eq!(
+        none.headers["www-authenticate"],
+        "Bearer realm=\"gatehouse\""
+    );
+
+    // A bad token: 401 with invalid_token.
+    let bad = get_with(
+        &nginx.url("/api/items"),
+        &[("authorization", "Bearer abc.def.ghi")],
+    )
+    .await;
+    assert_eq!(bad.status, 401);
+    assert!(
+        bad.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("error=\"invalid_token\"")
+    );
+
+    // The route policy is the one of the original URI: scopes missing there → 403.
+    let scoped = get_with(
+        &nginx.url("/orders/1"),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await;
+    assert_eq!(scoped.status, 403);
+
+    // A public route needs nothing.
+    let public = get(&nginx.url("/public/logo.png")).await;
+    assert_eq!(public.status, 200);
+    assert_eq!(world.app.last().header("x-forwarded-user"), None);
+}
+
+#[tokio::test]
+async fn nginx_auth_request_lets_a_session_cookie_through_with_its_identity() {
+    let world = World::start_with_server("trusted_proxies = [\"127.0.0.1/32\"]", BEARER).await;
+    let nginx = nginx_for(&world);
+    let mut browser = world.browser();
+    let (page, _) = login(&world, &mut browser, "/", "alice", &["staff"]).await;
+    assert_eq!(page.status, 200);
+    let cookies = browser.cookies(&world.gw.addr.to_string());
+    let cookie = cookies
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+
+    let ok = get_with(&nginx.url("/reports"), &[("cookie", &cookie)]).await;
+    assert_eq!(ok.status, 200, "{}", nginx.error_log());
+    let seen = world.app.last();
+    assert_eq!(seen.header("x-forwarded-user"), Some("alice"));
+    assert_eq!(seen.header("x-forwarded-email"), Some("alice@example.com"));
+    assert_eq!(seen.header("x-forwarded-groups"), Some("staff"));
+
+    let anonymous = get(&nginx.url("/reports")).await;
+    assert_eq!(anonymous.status, 401);
+}
+
+#[tokio::test]
+async fn the_original_uri_is_believed_only_from_trusted_proxies() {
+    // No trusted proxies: X-Original-URI naming a public path changes nothing.
+    let world = World::start(BEARER).await;
+    let spoofed = get_with(
+        &world.gw.url("/oauth2/auth"),
+        &[("x-original-uri", "/public/anything")],
+    )
+    .await;
+    assert_eq!(spoofed.status, 401);
+
+    let trusting = World::start_with_server("trusted_proxies = [\"127.0.0.1/32\"]", BEARER).await;
+    let allowed = get_with(
+        &trusting.gw.url("/oauth2/auth"),
+        &[("x-original-uri", "/public/anything")],
+    )
+    .await;
+    assert_eq!(allowed.status, 202);
+    assert!(allowed.body.is_empty());
+    // Two descriptions of the original request are one too many (rule 35).
+    let twice = get_with(
+        &trusting.gw.url("/oauth2/auth"),
+        &[
+            ("x-original-uri", "/public/a"),
+            ("x-forwarded-uri", "/public/a"),
+            ("x-forwarded-uri", "/admin"),
+        ],
+    )
+    .await;
+    assert_eq!(twice.status, 400);
+    // The path is normalised before the policy is chosen (rule 21).
+    let traversal = get_with(
+        &trusting.gw.url("/oauth2/auth"),
+        &[("x-forwarded-uri", "/public/../admin")],
+    )
+    .await;
+    assert_eq!(traversal.status, 401);
+}
