@@ -27,7 +27,7 @@ THREADS=${THREADS:-2}
 NGINX_WORKERS=${NGINX_WORKERS:-2}
 APACHE_PROCS=${APACHE_PROCS:-4}
 APACHE_THREADS=${APACHE_THREADS:-64}
-ALL_TARGETS="direct nginx gateway gateway-session gateway-bearer-hot gateway-bearer-10k apache-oidc-hot apache-oidc-10k"
+ALL_TARGETS="direct nginx gateway gateway-session gateway-bearer-hot gateway-bearer-10k gateway-bearer-nocache apache-oidc-hot apache-oidc-10k"
 TARGETS=${TARGETS:-$ALL_TARGETS}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -329,15 +329,15 @@ report() {
     echo "tools:   $(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }'), $("$NGINX" -v 2>&1 | sed 's/.*version: //')${APACHE_VERSION:+, $APACHE_VERSION}"
     echo "method:  wrk -t$THREADS -c$CONNS -d${DURATION}s --latency after a ${WARMUP}s warm-up; median of $REPEAT interleaved runs; 2-byte upstream body"
     echo
-    printf '%-20s %12s %10s %10s %13s %10s\n' target 'req/s' 'p50 (us)' 'p99 (us)' 'CPU us/req' 'non-2xx'
+    printf '%-24s %12s %10s %10s %13s %10s\n' target 'req/s' 'p50 (us)' 'p99 (us)' 'CPU us/req' 'non-2xx'
     for name in "${SCEN_NAMES[@]}"; do
         rps=$(median "$name" 1); p50=$(median "$name" 2); p99=$(median "$name" 3); cpu=$(median "$name" 4)
         non2xx=$(awk '{ s += $6 } END { print s + 0 }' "$TMP/results/$name" 2>/dev/null || echo 0)
         MED_RPS[$name]=$rps; MED_P99[$name]=$p99; MED_CPU[$name]=$cpu
-        printf '%-20s %12.0f %10.0f %10.0f %13.2f %10s\n' "$name" "$rps" "$p50" "$p99" "$cpu" "$non2xx"
+        printf '%-24s %12.0f %10.0f %10.0f %13.2f %10s\n' "$name" "$rps" "$p50" "$p99" "$cpu" "$non2xx"
     done
     for name in "${SKIPPED[@]}"; do
-        printf '%-20s %s\n' "$name" "NOT MEASURED"
+        printf '%-24s %s\n' "$name" "NOT MEASURED"
     done
     echo
     for name in "${SCEN_NAMES[@]}"; do
@@ -353,9 +353,10 @@ report() {
         echo "nginx/direct: req/s $(ratio "${MED_RPS[nginx]}" "${MED_RPS[direct]}"), CPU/req $(ratio "${MED_CPU[nginx]}" "${MED_CPU[direct]}")"
     fi
     # Bearer tokens: the gateway against mod_auth_openidc checking the same tokens.
-    local kind gw ap
-    for kind in hot 10k; do
-        gw=gateway-bearer-$kind ap=apache-oidc-$kind
+    local kind gw ap pair
+    for pair in gateway-bearer-hot:apache-oidc-hot gateway-bearer-10k:apache-oidc-10k \
+        gateway-bearer-nocache:apache-oidc-10k; do
+        gw=${pair%:*} ap=${pair#*:}
         if [[ -n ${MED_RPS[$gw]:-} && -n ${MED_RPS[$ap]:-} ]]; then
             echo "$gw/$ap: req/s $(ratio "${MED_RPS[$gw]}" "${MED_RPS[$ap]}"), CPU/req $(ratio "${MED_CPU[$gw]}" "${MED_CPU[$ap]}"), p99 $(ratio "${MED_P99[$gw]}" "${MED_P99[$ap]}")"
         fi
@@ -433,8 +434,9 @@ main() {
         python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
     local bin=${GATEHOUSE_BIN:-$TARGET_DIR/release/gatehouse}
     local need_gw=0 need_tokens=0 build=()
-    want gateway gateway-session gateway-bearer-hot gateway-bearer-10k && need_gw=1
-    want gateway-bearer-hot gateway-bearer-10k apache-oidc-hot apache-oidc-10k && need_tokens=1
+    want gateway gateway-session gateway-bearer-hot gateway-bearer-10k gateway-bearer-nocache && need_gw=1
+    want gateway-bearer-hot gateway-bearer-10k gateway-bearer-nocache apache-oidc-hot apache-oidc-10k &&
+        need_tokens=1
     if [[ ${SKIP_BUILD:-0} != 1 ]]; then
         ((need_gw)) && [[ -z ${GATEHOUSE_BIN:-} ]] && build+=(--bin gatehouse)
         want gateway-session && build+=(--example session_cookie)
@@ -447,8 +449,8 @@ main() {
     if ((need_gw)); then [[ -x $bin ]] || die "no gateway binary at $bin"; fi
 
     TMP=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-bench.XXXXXX")
-    local up_port ng_port gw_port gwb_port ap_port
-    read -r up_port ng_port gw_port gwb_port ap_port < <(free_ports 5)
+    local up_port ng_port gw_port gwb_port gwn_port ap_port
+    read -r up_port ng_port gw_port gwb_port gwn_port ap_port < <(free_ports 6)
 
     # (a) upstream: 2-byte answer, keep-alive.
     nginx_conf upstream "$up_port" "$NGINX_WORKERS" '        location / { return 200 "ok"; }'
@@ -535,31 +537,14 @@ TOML
         rotate_script >"$TMP/rotate.lua"
     fi
 
-    # (e) the gateway as a resource server: every route needs a valid bearer token.
+    # (e) the gateway as a resource server: every route needs a valid bearer token of the
+    # stand-in issuer. No [provider], no [session].
     if want gateway-bearer-hot gateway-bearer-10k; then
-        cat >"$TMP/gatehouse-bearer.toml" <<TOML
-[server]
-listen = "127.0.0.1:$gwb_port"
-
-[log]
-access_log = false
-level = "error"
-
-[authorization]
-default_policy = "authenticated"
-
-[[bearer.issuers]]
-issuer = "$ISSUER"
-jwks_uri = "$JWKS_HTTP"
-audiences = ["$AUDIENCE"]
-algorithms = ["RS256"]
-
-[[upstreams]]
-url = "http://127.0.0.1:$up_port"
-TOML
+        bearer_gateway_conf "$gwb_port" "$up_port" "" >"$TMP/gatehouse-bearer.toml"
         local gwb_pid
         if start_gateway gateway-bearer "$bin" "$TMP/gatehouse-bearer.toml" "$gwb_port" &&
-            gwb_pid=$STARTED_PID && check_auth gateway-bearer "http://127.0.0.1:$gwb_port/"; then
+            gwb_pid=$STARTED_PID &&
+            check_auth gateway-bearer "http://127.0.0.1:$gwb_port/" gateway-bearer-hot gateway-bearer-10k; then
             want gateway-bearer-hot &&
                 measure gateway-bearer-hot "http://127.0.0.1:$gwb_port/" "$gwb_pid" -H "Authorization: Bearer $HOT_TOKEN"
             want gateway-bearer-10k &&
@@ -569,12 +554,25 @@ TOML
             want gateway-bearer-10k && SKIPPED+=(gateway-bearer-10k)
         fi
     fi
+    # (e') the same without the verified-token cache: every request verifies an RS256 signature,
+    # as mod_auth_openidc does.
+    if want gateway-bearer-nocache; then
+        bearer_gateway_conf "$gwn_port" "$up_port" $'[bearer]\ncache_entries = 0' >"$TMP/gatehouse-bearer-nocache.toml"
+        local gwn_pid
+        if start_gateway gateway-bearer-nocache "$bin" "$TMP/gatehouse-bearer-nocache.toml" "$gwn_port" &&
+            gwn_pid=$STARTED_PID &&
+            check_auth gateway-bearer-nocache "http://127.0.0.1:$gwn_port/" gateway-bearer-nocache; then
+            measure gateway-bearer-nocache "http://127.0.0.1:$gwn_port/" "$gwn_pid" -s "$TMP/rotate.lua"
+        else
+            SKIPPED+=(gateway-bearer-nocache)
+        fi
+    fi
 
     # (f) Apache 2.4 + mod_auth_openidc as an OAuth 2.0 resource server, same upstream.
     if want apache-oidc-hot apache-oidc-10k; then
         local ap_pid
         if start_apache "$ap_port" "$up_port" && ap_pid=$STARTED_PID &&
-            check_auth apache-oidc "http://127.0.0.1:$ap_port/"; then
+            check_auth apache-oidc "http://127.0.0.1:$ap_port/" apache-oidc-hot apache-oidc-10k; then
             want apache-oidc-hot &&
                 measure apache-oidc-hot "http://127.0.0.1:$ap_port/" "$ap_pid" -H "Authorization: Bearer $HOT_TOKEN"
             want apache-oidc-10k &&
@@ -589,6 +587,33 @@ TOML
     log "measuring: ${SCEN_NAMES[*]}${SKIPPED[*]:+ (not measured: ${SKIPPED[*]})}"
     run_all
     report
+}
+
+# bearer_gateway_conf PORT UPSTREAM_PORT EXTRA: a gateway configuration where every route needs a
+# bearer token of the stand-in issuer (its JWKS over plain HTTP); EXTRA is added as is.
+bearer_gateway_conf() {
+    cat <<TOML
+[server]
+listen = "127.0.0.1:$1"
+
+[log]
+access_log = false
+level = "error"
+
+[authorization]
+default_policy = "authenticated"
+
+$3
+
+[[bearer.issuers]]
+issuer = "$ISSUER"
+jwks_uri = "$JWKS_HTTP"
+audiences = ["$AUDIENCE"]
+algorithms = ["RS256"]
+
+[[upstreams]]
+url = "http://127.0.0.1:$2"
+TOML
 }
 
 # start_gateway NAME BIN CONFIG PORT: starts `BIN run --config CONFIG` (log in $TMP/NAME.log),
@@ -668,12 +693,13 @@ http_code() {
     curl -s -o /dev/null --max-time 10 -w '%{http_code}' "$@" "$url" || true
 }
 
-# check_auth NAME URL: before measuring, the target must answer 2xx to the hot token and to the
+# check_auth NAME URL TARGETS...: before measuring, the target must answer 2xx to the hot token and to the
 # first and last of the 10 000, and refuse (401/403) no token, an expired token, another issuer's
 # and another audience's. Returns 1 when a valid token is not accepted (the target is then not
 # measured); a target accepting a token it must refuse is measured but flagged (AUTH_LAX).
 check_auth() {
     local name=$1 url=$2 code f summary="" lax=0
+    shift 2
     local -a valid=("$HOT_TOKEN" "$(head -n1 "$BEARER_DIR/tokens.txt")" "$(tail -n1 "$BEARER_DIR/tokens.txt")")
     for f in "${valid[@]}"; do
         code=$(http_code "$url" -H "Authorization: Bearer $f")
@@ -691,7 +717,7 @@ check_auth() {
         [[ $code == 401 || $code == 403 ]] || lax=1
     done
     local t
-    for t in "$name-hot" "$name-10k"; do
+    for t in "$@"; do
         want "$t" || continue
         AUTH_CHECKS[$t]="valid tokens 2xx; refused: $summary"
         ((lax)) && AUTH_LAX+=("$t")
