@@ -13,12 +13,17 @@
 //! * client authentication with `client_secret_basic` or `client_secret_post`;
 //! * single-use codes (60 s), rotating refresh tokens whose reuse revokes the whole family,
 //!   `client_credentials` for machine clients;
+//! * the resource owner password grant (RFC 6749 §4.3) for the `gatehouse` client only, for the
+//!   fixed [`PASSWORD_USERS`], whose password is [`DEMO_PASSWORD`] — a development convenience
+//!   for testing a legacy password bridge, never a real credential check;
+//! * token introspection (RFC 7662, `/introspect`) of its own access tokens, for any of its
+//!   clients;
 //! * JWT access tokens in the RFC 9068 profile (`typ: at+jwt`), ID tokens, `/userinfo`, and
 //!   RP-initiated logout (`/end_session`).
 //!
 //! Refresh tokens: the authorization code grant always returns one (whether or not
 //! `offline_access` was requested), since the gateway relies on refreshing its sessions; the
-//! `client_credentials` grant never does.
+//! `client_credentials` and `password` grants never do.
 //!
 //! Claims: `groups` is always present in user tokens; `email`/`email_verified` need the `email`
 //! scope and `name`/`preferred_username` the `profile` scope, in the ID token and at `/userinfo`.
@@ -27,6 +32,7 @@
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -60,6 +66,43 @@ pub const DEFAULT_ACCESS_TOKEN_TTL: Duration = Duration::from_secs(300);
 /// Default lifetime of refresh tokens.
 pub const DEFAULT_REFRESH_TOKEN_TTL: Duration = Duration::from_secs(8 * 3600);
 
+/// The password of every [`PASSWORD_USERS`] entry in the `password` grant. Deliberately
+/// obvious: this is a development provider.
+pub const DEMO_PASSWORD: &str = "password";
+
+/// A user known to the `password` grant (the browser login believes anyone; this grant only
+/// knows these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DemoUser {
+    /// The login name, also `sub`, `name` and `preferred_username`; `email` is
+    /// `<name>@example.com`.
+    pub name: &'static str,
+    pub groups: &'static [&'static str],
+}
+
+/// The users of the `password` grant, all with the password [`DEMO_PASSWORD`].
+pub const PASSWORD_USERS: &[DemoUser] = &[
+    DemoUser {
+        name: "alice",
+        groups: &["admins", "developers"],
+    },
+    DemoUser {
+        name: "bob",
+        groups: &["developers"],
+    },
+    DemoUser {
+        name: "carol",
+        groups: &["readers"],
+    },
+    DemoUser {
+        name: "mallory",
+        groups: &[],
+    },
+];
+
+/// The scope of a `password` grant that asks for none.
+const PASSWORD_DEFAULT_SCOPE: &str = "openid";
+
 const CODE_TTL_SECS: u64 = 60;
 /// How long a login form stays valid between `GET` and `POST /authorize`.
 const PENDING_TTL_SECS: u64 = 600;
@@ -85,6 +128,7 @@ enum Grant {
     AuthorizationCode,
     RefreshToken,
     ClientCredentials,
+    Password,
 }
 
 #[derive(Debug)]
@@ -127,6 +171,9 @@ struct Login {
     email: String,
     groups: Vec<String>,
     auth_time: u64,
+    /// `None` for a browser sign-in (it lives until `end_session`); a `password` grant's login
+    /// ends with its tokens, so that a bridge calling once per request does not pile them up.
+    expires: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +238,8 @@ impl State {
         self.spent_codes.retain(|_, (_, exp)| *exp > now);
         self.refresh.retain(|_, r| r.expires > now);
         self.spent_refresh.retain(|_, (_, exp)| *exp > now);
+        self.logins
+            .retain(|_, l| l.expires.is_none_or(|expires| expires > now));
     }
 
     /// Ends a login: its refresh tokens stop working and `/userinfo` refuses its access tokens.
@@ -242,6 +291,10 @@ pub struct DevProvider {
     /// The `demo-service` client.
     service: Client,
     state: Mutex<State>,
+    /// `grant_type=password` requests at the token endpoint, successful or not.
+    password_grants: AtomicU64,
+    /// Requests to `/introspect`, successful or not.
+    introspections: AtomicU64,
 }
 
 impl std::fmt::Debug for DevProvider {
@@ -368,7 +421,11 @@ impl DevProvider {
                 secret: Secret::new(random_token(24)),
                 redirect_uris: vec![format!("{gateway}/oauth2/callback")],
                 post_logout_redirect_uris: vec![format!("{gateway}/")],
-                grants: &[Grant::AuthorizationCode, Grant::RefreshToken],
+                grants: &[
+                    Grant::AuthorizationCode,
+                    Grant::RefreshToken,
+                    Grant::Password,
+                ],
                 scopes: USER_SCOPES,
             },
             service: Client {
@@ -380,6 +437,8 @@ impl DevProvider {
                 scopes: SERVICE_SCOPES,
             },
             state: Mutex::new(State::default()),
+            password_grants: AtomicU64::new(0),
+            introspections: AtomicU64::new(0),
         })
     }
 
@@ -424,6 +483,17 @@ impl DevProvider {
     /// The secret of the `demo-service` machine client, for the banner's curl line.
     pub fn service_client_secret(&self) -> &Secret<String> {
         &self.service.secret
+    }
+
+    /// How many `grant_type=password` requests reached the token endpoint (any outcome,
+    /// failed client authentication included).
+    pub fn password_grant_requests(&self) -> u64 {
+        self.password_grants.load(Ordering::SeqCst)
+    }
+
+    /// How many requests reached `/introspect` (any outcome).
+    pub fn introspection_requests(&self) -> u64 {
+        self.introspections.load(Ordering::SeqCst)
     }
 
     /// `<gateway_public_url>/oauth2/callback`, the `gatehouse` client's one redirect URI.
@@ -499,6 +569,10 @@ impl DevProvider {
                 Err(err) => err.into_response(),
             },
             ("/userinfo", &Method::GET | &Method::POST) => self.userinfo(&req),
+            ("/introspect", &Method::POST) => match self.introspect(&req) {
+                Ok(resp) => resp,
+                Err(err) => err.into_response(),
+            },
             ("/end_session", &Method::GET | &Method::POST) => self.end_session(&req),
             ("/", &Method::GET) => html::response(
                 StatusCode::OK,
@@ -517,6 +591,7 @@ impl DevProvider {
                 | "/jwks"
                 | "/authorize"
                 | "/token"
+                | "/introspect"
                 | "/userinfo"
                 | "/end_session"
                 | "/",
@@ -524,7 +599,7 @@ impl DevProvider {
             ) => {
                 let allow = match path.as_str() {
                     "/authorize" | "/userinfo" | "/end_session" => "GET, POST",
-                    "/token" => "POST",
+                    "/token" | "/introspect" => "POST",
                     _ => "GET, HEAD",
                 };
                 let mut resp = json_response(
@@ -548,9 +623,11 @@ impl DevProvider {
             "userinfo_endpoint": format!("{iss}/userinfo"),
             "jwks_uri": format!("{iss}/jwks"),
             "end_session_endpoint": format!("{iss}/end_session"),
+            "introspection_endpoint": format!("{iss}/introspect"),
+            "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
-            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", "password"],
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "id_token_signing_alg_values_supported": ["ES256"],
@@ -761,6 +838,7 @@ impl DevProvider {
                     email,
                     groups,
                     auth_time: now,
+                    expires: None,
                 },
             );
             state.codes.insert(
@@ -827,12 +905,16 @@ impl DevProvider {
                 return Err(OAuthError::invalid_request(format!("{name} is repeated")));
             }
         }
-        let client = self.authenticate_client(req.headers(), &form)?;
         let grant_type = single(&form, "grant_type").ok().flatten().unwrap_or("");
+        if grant_type == "password" {
+            self.password_grants.fetch_add(1, Ordering::SeqCst);
+        }
+        let client = self.authenticate_client(req.headers(), &form)?;
         let grant = match grant_type {
             "authorization_code" => Grant::AuthorizationCode,
             "refresh_token" => Grant::RefreshToken,
             "client_credentials" => Grant::ClientCredentials,
+            "password" => Grant::Password,
             "" => return Err(OAuthError::invalid_request("grant_type is missing")),
             _ => {
                 return Err(OAuthError::new(
@@ -854,6 +936,7 @@ impl DevProvider {
             Grant::AuthorizationCode => self.grant_code(client, &field, now)?,
             Grant::RefreshToken => self.grant_refresh(client, &field, now)?,
             Grant::ClientCredentials => self.grant_client_credentials(client, &field, now)?,
+            Grant::Password => self.grant_password(client, &field, now)?,
         };
         let mut resp = json_response(StatusCode::OK, &body);
         resp.headers_mut()
@@ -953,7 +1036,7 @@ impl DevProvider {
             &grant.sid,
             &grant.scope,
             grant.nonce.as_deref(),
-            refresh_token,
+            Some(refresh_token),
             now,
         )
     }
@@ -1018,7 +1101,54 @@ impl DevProvider {
             now + self.refresh_token_ttl.as_secs(),
         );
         drop(state);
-        self.user_tokens(client, &login, &grant.sid, &scope, None, refresh_token, now)
+        self.user_tokens(
+            client,
+            &login,
+            &grant.sid,
+            &scope,
+            None,
+            Some(refresh_token),
+            now,
+        )
+    }
+
+    /// RFC 6749 §4.3: `username` + `password` for one of [`PASSWORD_USERS`]. The same access
+    /// and ID tokens as the code flow, no refresh token. Unknown user or wrong password:
+    /// `invalid_grant` (one message for both).
+    fn grant_password<'a>(
+        &self,
+        client: &Client,
+        field: &dyn Fn(&str) -> Option<&'a str>,
+        now: u64,
+    ) -> Result<Value, OAuthError> {
+        let username =
+            field("username").ok_or_else(|| OAuthError::invalid_request("username is missing"))?;
+        let password =
+            field("password").ok_or_else(|| OAuthError::invalid_request("password is missing"))?;
+        let user = PASSWORD_USERS.iter().find(|u| u.name == username);
+        let password_ok = constant_time_eq(password.as_bytes(), DEMO_PASSWORD.as_bytes());
+        let Some(user) = user.filter(|_| password_ok) else {
+            tracing::info!(client_id = %client.id, "development provider: password grant refused");
+            return Err(OAuthError::invalid_grant(
+                "the user name or password is wrong",
+            ));
+        };
+        let scope = filter_scopes(
+            field("scope").unwrap_or(PASSWORD_DEFAULT_SCOPE),
+            client.scopes,
+        );
+        let login = Login {
+            sub: user.name.to_owned(),
+            name: user.name.to_owned(),
+            email: format!("{}@example.com", user.name),
+            groups: user.groups.iter().map(|g| (*g).to_owned()).collect(),
+            auth_time: now,
+            expires: Some(now + self.access_token_ttl.as_secs()),
+        };
+        let sid = random_token(16);
+        self.lock().logins.insert(sid.clone(), login.clone());
+        tracing::info!(client_id = %client.id, user = %user.name, "development provider: password grant");
+        self.user_tokens(client, &login, &sid, &scope, None, None, now)
     }
 
     fn grant_client_credentials<'a>(
@@ -1081,7 +1211,7 @@ impl DevProvider {
         sid: &str,
         scope: &[String],
         nonce: Option<&str>,
-        refresh_token: String,
+        refresh_token: Option<String>,
         now: u64,
     ) -> Result<Value, OAuthError> {
         let ttl = self.access_token_ttl.as_secs();
@@ -1103,9 +1233,11 @@ impl DevProvider {
             "access_token": self.sign(&access, "at+jwt")?,
             "token_type": "Bearer",
             "expires_in": ttl,
-            "refresh_token": refresh_token,
             "scope": scope.join(" "),
         });
+        if let Some(refresh_token) = refresh_token {
+            body["refresh_token"] = Value::String(refresh_token);
+        }
         if has("openid") {
             let id = IdClaims {
                 iss: self.issuer.clone(),
@@ -1260,6 +1392,46 @@ impl DevProvider {
             body["preferred_username"] = Value::String(login.name.clone());
         }
         json_response(StatusCode::OK, &body)
+    }
+
+    // ---- /introspect ----------------------------------------------------------------------
+
+    /// RFC 7662 for this provider's own access tokens. Any registered client may ask (its
+    /// authentication as at the token endpoint). Active means: signature, issuer, audience and
+    /// expiry check out, and for a user token its sign-in has not ended.
+    fn introspect(&self, req: &Request<Bytes>) -> Result<Response<Full<Bytes>>, OAuthError> {
+        self.introspections.fetch_add(1, Ordering::SeqCst);
+        let form = parse_pairs(req.body());
+        let client = self.authenticate_client(req.headers(), &form)?;
+        let token = single(&form, "token")
+            .map_err(|()| OAuthError::invalid_request("token is repeated"))?
+            .ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
+        let claims = self.verify_access_token(token).filter(|c| match &c.sid {
+            Some(sid) => self.lock().logins.contains_key(sid),
+            None => true,
+        });
+        let Some(c) = claims else {
+            return Ok(json_response(StatusCode::OK, &json!({"active": false})));
+        };
+        tracing::debug!(client_id = %client.id, "development provider: introspected a token");
+        let mut body = json!({
+            "active": true,
+            "iss": c.iss,
+            "sub": c.sub,
+            "aud": c.aud,
+            "client_id": c.client_id,
+            "exp": c.exp,
+            "iat": c.iat,
+            "jti": c.jti,
+            "token_type": "Bearer",
+        });
+        if !c.scope.is_empty() {
+            body["scope"] = Value::String(c.scope);
+        }
+        if let Some(groups) = c.groups {
+            body["groups"] = json!(groups);
+        }
+        Ok(json_response(StatusCode::OK, &body))
     }
 
     fn verify_access_token(&self, token: &str) -> Option<AccessClaims> {

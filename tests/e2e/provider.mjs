@@ -14,6 +14,10 @@
 //                     (email, name, groups…), so a relying party needs no userinfo call;
 //                     "0": oidc-provider's conformant default (ID token has `sub` only when an
 //                     access token is issued too; the rest comes from /me)
+//   SERVICE_CLIENT_SECRET  secret of the machine client `gatehouse-service`
+//                     (default "gatehouse-service-secret")
+//   API_RESOURCE      the one resource indicator (RFC 8707) the provider knows (default
+//                     "api://orders"); see "Machine tokens" below
 //
 // Prints exactly one line on stdout, `oidc-provider ready <issuer>`, when it listens; everything
 // else goes to stderr. Exits 0 on SIGTERM / SIGINT.
@@ -22,7 +26,26 @@
 //   gatehouse         confidential, client_secret_basic, grant types authorization_code +
 //                     refresh_token, response type code
 //   gatehouse-public  public (token_endpoint_auth_method none), same URIs
+//   gatehouse-service confidential machine client, client_secret_basic, grant type
+//                     client_credentials only, scope "orders:read orders:write" (no redirect URIs)
 // PKCE (S256) is required for every authorization request.
+//
+// Machine tokens (client_credentials, features.resourceIndicators):
+//   curl -u gatehouse-service:$SECRET -d grant_type=client_credentials \
+//        -d resource=api://orders -d 'scope=orders:read' $ISSUER/token
+//     → an RS256-signed JWT access token in the RFC 9068 profile: header typ "at+jwt", kid of the
+//       provider's RSA key in /jwks; claims iss, sub = client_id = gatehouse-service,
+//       aud "api://orders", scope (only orders:read / orders:write survive), exp, iat, jti.
+//   the same without `resource` → an opaque access token (43 characters), to be checked at
+//     /token/introspection (scope kept: orders:* are registered provider scopes).
+//   Any other resource → 400 invalid_target. JWT access tokens cannot be introspected
+//   (oidc-provider answers 400 unsupported_token_type); opaque ones can.
+// The browser clients never send `resource`, so their access tokens stay opaque (and /me works).
+//
+// Introspection (RFC 7662, /token/introspection): any confidential client — `gatehouse` included,
+// as the gateway uses it — may introspect any token (HTTP Basic client authentication); the
+// public client only its own. Answer: {active:false} or {active:true, sub (users only),
+// client_id, scope, exp, iat, iss, token_type, aud (JWT-format resource tokens only)}.
 //
 // Accounts: devInteractions' login page accepts any login and any password; the login name is
 // the account id (`sub`). Claims: email <login>@example.com (verified), name, preferred_username
@@ -45,7 +68,7 @@
 // always answers a browser with a confirmation form, button "Yes, sign me out").
 
 import http from 'node:http';
-import { Provider } from 'oidc-provider';
+import { Provider, errors } from 'oidc-provider';
 
 const env = process.env;
 const list = (value, fallback) =>
@@ -60,6 +83,9 @@ const redirectUris = list(env.REDIRECT_URIS, 'http://127.0.0.1:4180/oauth2/callb
 const postLogoutUris = list(env.POST_LOGOUT_URIS, 'http://127.0.0.1:4180/');
 const accessTtl = Number.parseInt(env.ACCESS_TTL ?? '300', 10);
 const idTokenClaims = (env.ID_TOKEN_CLAIMS ?? '1') !== '0';
+const serviceSecret = env.SERVICE_CLIENT_SECRET || 'gatehouse-service-secret';
+const apiResource = env.API_RESOURCE || 'api://orders';
+const API_SCOPES = ['orders:read', 'orders:write'];
 
 if (!Number.isInteger(port) || port < 0 || port > 65535) {
   console.error(`provider.mjs: bad PORT ${env.PORT}`);
@@ -119,15 +145,49 @@ const configuration = {
       response_types: ['code'],
       token_endpoint_auth_method: 'none',
     },
+    {
+      client_id: 'gatehouse-service',
+      client_secret: serviceSecret,
+      redirect_uris: [],
+      grant_types: ['client_credentials'],
+      response_types: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      scope: API_SCOPES.join(' '),
+    },
   ],
   pkce: { required: () => true },
   features: {
     devInteractions: { enabled: true },
     rpInitiatedLogout: { enabled: true },
-    introspection: { enabled: true },
+    introspection: {
+      enabled: true,
+      // Confidential clients (the gateway's `gatehouse` among them) may introspect any token;
+      // the public client only its own.
+      allowedPolicy: async (_ctx, client, token) =>
+        client.clientAuthMethod !== 'none' || token.clientId === client.clientId,
+    },
     revocation: { enabled: true },
     clientCredentials: { enabled: true },
     backchannelLogout: { enabled: false },
+    resourceIndicators: {
+      enabled: true,
+      // No `resource` → no resource server → an opaque access token (the browser flows rely on
+      // that: /me only accepts opaque tokens).
+      defaultResource: async (_ctx, _client, oneOf) => oneOf,
+      useGrantedResource: async () => true,
+      getResourceServerInfo: async (_ctx, resource, _client) => {
+        if (resource !== apiResource) {
+          throw new errors.InvalidTarget(`unknown resource ${resource}`);
+        }
+        return {
+          scope: API_SCOPES.join(' '),
+          audience: apiResource,
+          accessTokenTTL: accessTtl,
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: 'RS256' } },
+        };
+      },
+    },
   },
   claims: {
     openid: ['sub'],
@@ -135,7 +195,7 @@ const configuration = {
     profile: ['name', 'preferred_username'],
     groups: ['groups'],
   },
-  scopes: ['openid', 'email', 'profile', 'groups', 'offline_access'],
+  scopes: ['openid', 'email', 'profile', 'groups', 'offline_access', ...API_SCOPES],
   conformIdTokenClaims: !idTokenClaims,
   findAccount: async (_ctx, sub) => account(sub),
   ttl: {

@@ -14,6 +14,7 @@ mod support;
 mod browser;
 mod cli;
 mod forward_auth;
+mod harness;
 mod id_token_attacks;
 mod login;
 mod proxy;

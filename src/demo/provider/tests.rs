@@ -168,8 +168,14 @@ async fn discovery_document_describes_the_provider() {
     assert_eq!(d["response_types_supported"], json!(["code"]));
     assert_eq!(
         d["grant_types_supported"],
-        json!(["authorization_code", "refresh_token", "client_credentials"])
+        json!([
+            "authorization_code",
+            "refresh_token",
+            "client_credentials",
+            "password"
+        ])
     );
+    assert_eq!(d["introspection_endpoint"], format!("{ISS}/introspect"));
     assert_eq!(d["code_challenge_methods_supported"], json!(["S256"]));
     assert_eq!(
         d["token_endpoint_auth_methods_supported"],
@@ -732,4 +738,236 @@ async fn id_token_faults_break_exactly_what_they_name() {
             _ => assert!(verdict.is_err(), "{fault:?}"),
         }
     }
+}
+
+fn bearer_get(uri: &str, token: &str) -> Request<Bytes> {
+    let mut req = get(uri);
+    req.headers_mut().insert(
+        header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    req
+}
+
+async fn password_grant(
+    p: &DevProvider,
+    user: &str,
+    password: &str,
+    scope: &str,
+) -> Response<Full<Bytes>> {
+    let mut pairs = vec![
+        ("grant_type", "password"),
+        ("username", user),
+        ("password", password),
+    ];
+    if !scope.is_empty() {
+        pairs.push(("scope", scope));
+    }
+    p.handle(token_req(p, &pairs)).await
+}
+
+#[tokio::test]
+async fn password_grant_gives_the_code_flow_tokens_without_refresh() {
+    let p = provider();
+    assert_eq!(p.password_grant_requests(), 0);
+    let resp = password_grant(&p, "alice", DEMO_PASSWORD, "openid email profile groups").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
+    let t = json_of(resp).await;
+    assert_eq!(p.password_grant_requests(), 1);
+    assert_eq!(t["token_type"], "Bearer");
+    assert_eq!(t["scope"], "openid email profile groups");
+    assert!(t.get("refresh_token").is_none(), "{t}");
+
+    let access = t["access_token"].as_str().unwrap();
+    let header = jsonwebtoken::decode_header(access).unwrap();
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    let key = jwks_key(&p, header.kid.as_deref().unwrap()).await;
+    let mut v = Validation::new(Algorithm::ES256);
+    v.set_issuer(&[ISS]);
+    v.set_audience(&[ACCESS_TOKEN_AUDIENCE]);
+    let claims = jsonwebtoken::decode::<Value>(access, &key, &v)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["client_id"], GATEWAY_CLIENT_ID);
+    assert_eq!(claims["groups"], json!(["admins", "developers"]));
+
+    let id = jsonwebtoken::decode::<Value>(t["id_token"].as_str().unwrap(), &key, &{
+        let mut v = Validation::new(Algorithm::ES256);
+        v.set_issuer(&[ISS]);
+        v.set_audience(&[GATEWAY_CLIENT_ID]);
+        v
+    })
+    .unwrap()
+    .claims;
+    assert_eq!(id["sub"], "alice");
+    assert_eq!(id["email"], "alice@example.com");
+    assert_eq!(id["preferred_username"], "alice");
+    assert_eq!(id["groups"], json!(["admins", "developers"]));
+
+    // Userinfo knows the password login as it knows a browser one.
+    let resp = p.handle(bearer_get("/userinfo", access)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(json_of(resp).await["email"], "alice@example.com");
+}
+
+#[tokio::test]
+async fn password_grant_defaults_to_openid_and_knows_every_demo_user() {
+    let p = provider();
+    for user in PASSWORD_USERS {
+        let resp = password_grant(&p, user.name, DEMO_PASSWORD, "").await;
+        assert_eq!(resp.status(), StatusCode::OK, "{}", user.name);
+        let t = json_of(resp).await;
+        assert_eq!(t["scope"], "openid");
+        assert!(t["id_token"].is_string());
+    }
+    assert_eq!(p.password_grant_requests(), PASSWORD_USERS.len() as u64);
+}
+
+#[tokio::test]
+async fn password_grant_refuses_wrong_passwords_unknown_users_and_other_clients() {
+    let p = provider();
+    for (user, password) in [
+        ("alice", "wrong"),
+        ("alice", ""),
+        ("alice", "Password"),
+        ("nobody", DEMO_PASSWORD),
+    ] {
+        let resp = password_grant(&p, user, password, "openid").await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{user}:{password}");
+        let body = json_of(resp).await;
+        let expected = if password.is_empty() {
+            "invalid_request"
+        } else {
+            "invalid_grant"
+        };
+        assert_eq!(body["error"], expected, "{user}:{password}: {body}");
+        assert!(body.get("access_token").is_none());
+    }
+    assert_eq!(p.password_grant_requests(), 4);
+
+    // The machine client may not use it.
+    let mut req = form_post(
+        "/token",
+        &[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", DEMO_PASSWORD),
+        ],
+    );
+    req.headers_mut().insert(
+        header::AUTHORIZATION,
+        basic(SERVICE_CLIENT_ID, p.service_client_secret().expose())
+            .parse()
+            .unwrap(),
+    );
+    assert_eq!(
+        json_of(p.handle(req).await).await["error"],
+        "unauthorized_client"
+    );
+
+    // Nor anyone without the client secret; the attempt still counts.
+    let mut req = form_post(
+        "/token",
+        &[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", DEMO_PASSWORD),
+        ],
+    );
+    req.headers_mut().insert(
+        header::AUTHORIZATION,
+        basic(GATEWAY_CLIENT_ID, "not-the-secret").parse().unwrap(),
+    );
+    assert_eq!(p.handle(req).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(p.password_grant_requests(), 6);
+}
+
+#[test]
+fn password_logins_are_pruned_with_their_tokens() {
+    let mut state = State::default();
+    let login = |expires| Login {
+        sub: "alice".into(),
+        name: "alice".into(),
+        email: "alice@example.com".into(),
+        groups: Vec::new(),
+        auth_time: 1,
+        expires,
+    };
+    state.logins.insert("browser".into(), login(None));
+    state.logins.insert("old".into(), login(Some(100)));
+    state.logins.insert("fresh".into(), login(Some(300)));
+    state.prune(200);
+    let mut left: Vec<_> = state.logins.keys().cloned().collect();
+    left.sort();
+    assert_eq!(left, ["browser", "fresh"]);
+}
+
+async fn introspect(p: &DevProvider, id: &str, secret: &str, token: &str) -> Response<Full<Bytes>> {
+    let mut req = form_post("/introspect", &[("token", token)]);
+    req.headers_mut()
+        .insert(header::AUTHORIZATION, basic(id, secret).parse().unwrap());
+    p.handle(req).await
+}
+
+#[tokio::test]
+async fn introspection_answers_for_its_own_access_tokens() {
+    let p = provider();
+    let secret = p.gateway_client_secret().expose().to_owned();
+    let code = code_tokens(&p).await;
+    let access = code["access_token"].as_str().unwrap();
+    let resp = introspect(&p, GATEWAY_CLIENT_ID, &secret, access).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let info = json_of(resp).await;
+    assert_eq!(info["active"], true);
+    assert_eq!(info["sub"], "alice");
+    assert_eq!(info["iss"], ISS);
+    assert_eq!(info["client_id"], GATEWAY_CLIENT_ID);
+    assert_eq!(info["scope"], "openid email profile groups");
+    assert!(info["exp"].as_u64().unwrap() > now_secs());
+
+    // A machine token, asked by the machine client itself.
+    let mut cc = form_post("/token", &[("grant_type", "client_credentials")]);
+    let service_secret = p.service_client_secret().expose().to_owned();
+    cc.headers_mut().insert(
+        header::AUTHORIZATION,
+        basic(SERVICE_CLIENT_ID, &service_secret).parse().unwrap(),
+    );
+    let machine = json_of(p.handle(cc).await).await;
+    let machine = machine["access_token"].as_str().unwrap();
+    let info = json_of(introspect(&p, SERVICE_CLIENT_ID, &service_secret, machine).await).await;
+    assert_eq!(info["active"], true);
+    assert_eq!(info["sub"], SERVICE_CLIENT_ID);
+    assert_eq!(info["scope"], "api");
+
+    // Not access tokens, or not ours: inactive.
+    let id_token = code["id_token"].as_str().unwrap();
+    let refresh = code["refresh_token"].as_str().unwrap();
+    for token in [id_token, refresh, "garbage", "a.b.c"] {
+        let info = json_of(introspect(&p, GATEWAY_CLIENT_ID, &secret, token).await).await;
+        assert_eq!(info, json!({"active": false}), "{token}");
+    }
+
+    // Client authentication is required.
+    let resp = introspect(&p, GATEWAY_CLIENT_ID, "wrong", access).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = p
+        .handle(form_post("/introspect", &[("token", access)]))
+        .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        p.handle(get("/introspect")).await.status(),
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+
+    // After sign-out the user's access token is no longer active.
+    let resp = p
+        .handle(get(&format!("/end_session?id_token_hint={id_token}")))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let info = json_of(introspect(&p, GATEWAY_CLIENT_ID, &secret, access).await).await;
+    assert_eq!(info, json!({"active": false}));
+    // Every POST counted (the GET was refused before reaching the endpoint).
+    assert_eq!(p.introspection_requests(), 9);
 }

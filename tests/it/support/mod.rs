@@ -4,7 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod issuer;
 pub mod nginx;
+pub mod oidc;
 pub mod upstream;
 pub mod world;
 
