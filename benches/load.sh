@@ -328,6 +328,7 @@ report() {
     echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (dirty)')"
     echo "tools:   $(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }'), $("$NGINX" -v 2>&1 | sed 's/.*version: //')${APACHE_VERSION:+, $APACHE_VERSION}"
     echo "method:  wrk -t$THREADS -c$CONNS -d${DURATION}s --latency after a ${WARMUP}s warm-up; median of $REPEAT interleaved runs; 2-byte upstream body"
+    echo "load:    1-min load average $LOAD_START before the runs, $(cut -d' ' -f1 /proc/loadavg) after ($(nproc) cores; more than that means other work shared the cores)"
     echo
     printf '%-24s %12s %10s %10s %13s %10s\n' target 'req/s' 'p50 (us)' 'p99 (us)' 'CPU us/req' 'non-2xx'
     for name in "${SCEN_NAMES[@]}"; do
@@ -392,6 +393,16 @@ report() {
         fi
     done
     for name in "${SKIPPED[@]}"; do echo "!!! $name: not measured (see above)"; done
+    # Noise: a spread of req/s over the repeats ((max - min) / mid-range) above 25 % says the machine was busy.
+    local spread
+    for name in "${SCEN_NAMES[@]}"; do
+        spread=$(awk '$1 + 0 > 0 { v[NR] = $1 + 0 } END {
+            n = 0; for (k in v) { if (n == 0 || v[k] < lo) lo = v[k]; if (n == 0 || v[k] > hi) hi = v[k]; n++ }
+            if (n > 1) printf "%.0f", (hi - lo) * 100 / ((hi + lo) / 2) }' "$TMP/results/$name" 2>/dev/null || true)
+        if [[ -n $spread ]] && ((spread > 25)); then
+            echo "!!! $name: req/s varied by ${spread}% between repeats: a noisy machine; trust CPU/req more than req/s"
+        fi
+    done
     for name in "${AUTH_LAX[@]}"; do
         echo "!!! $name: accepted a token it must refuse (see 'checked before the runs'): it does not check what the others check"
         bad=1
@@ -592,6 +603,7 @@ TOML
 
     ((${#SCEN_NAMES[@]})) || die "no target could be set up"
     log "measuring: ${SCEN_NAMES[*]}${SKIPPED[*]:+ (not measured: ${SKIPPED[*]})}"
+    LOAD_START=$(cut -d' ' -f1 /proc/loadavg)
     run_all
     report
 }
