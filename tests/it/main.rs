@@ -19,5 +19,6 @@ mod harness;
 mod id_token_attacks;
 mod login;
 mod proxy;
+mod refresh;
 mod transport;
 mod upstream_token;

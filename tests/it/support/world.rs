@@ -37,15 +37,25 @@ impl World {
 
     /// The same, with a provider that issues ID tokens with `fault`.
     pub async fn start_with(fault: Option<IdTokenFault>, extra: &str) -> Self {
-        Self::start_full(fault, "", extra).await
+        Self::start_full(fault, "", extra, None).await
+    }
+
+    /// A world whose provider issues access tokens living `ttl`.
+    pub async fn start_with_token_ttl(ttl: std::time::Duration, extra: &str) -> Self {
+        Self::start_full(None, "", extra, Some(ttl)).await
     }
 
     /// A world whose `[server]` table gets `server` lines too (e.g. `trusted_proxies`).
     pub async fn start_with_server(server: &str, extra: &str) -> Self {
-        Self::start_full(None, server, extra).await
+        Self::start_full(None, server, extra, None).await
     }
 
-    async fn start_full(fault: Option<IdTokenFault>, server: &str, extra: &str) -> Self {
+    async fn start_full(
+        fault: Option<IdTokenFault>,
+        server: &str,
+        extra: &str,
+        access_ttl: Option<std::time::Duration>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let issuer = format!("http://{}", listener.local_addr().unwrap());
         let gw_addr = free_addr();
@@ -53,6 +63,9 @@ impl World {
         let mut provider = DevProvider::new(&issuer, &public).unwrap();
         if let Some(fault) = fault {
             provider = provider.with_id_token_fault(fault);
+        }
+        if let Some(ttl) = access_ttl {
+            provider = provider.with_access_token_ttl(ttl);
         }
         let provider = Arc::new(provider);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
