@@ -28,6 +28,7 @@ use crate::identity::{self, Identity};
 use crate::oidc::{Provider, ProviderError};
 use crate::proxy::{self, ClientBuildError, Proxy};
 use crate::router::{self, RejectReason, Router, Target};
+use crate::session::logout::Logouts;
 use crate::session::refresh::Refresher;
 use crate::telemetry;
 use crate::upstream_token::{Lease, UpstreamClients};
@@ -49,6 +50,7 @@ pub struct Shared {
     provider: Option<Arc<Provider>>,
     used_states: Arc<UsedStates>,
     refresher: Option<Arc<Refresher>>,
+    logouts: Arc<Logouts>,
     bearer: Option<Arc<BearerAuth>>,
     upstream_clients: Arc<UpstreamClients>,
 }
@@ -77,9 +79,14 @@ impl Shared {
             ))),
             _ => None,
         };
+        let lifetime = config
+            .session
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(86_400), |s| s.lifetime);
         Ok(Arc::new(Self {
             provider,
             refresher,
+            logouts: Arc::new(Logouts::new(lifetime)),
             used_states: Arc::default(),
             bearer,
             upstream_clients,
@@ -120,6 +127,7 @@ impl Gateway {
                 &config,
                 provider.clone(),
                 refresher.clone(),
+                shared.logouts.clone(),
                 shared.used_states.clone(),
             )?,
             _ => None,
@@ -173,6 +181,12 @@ impl Gateway {
             }
             Target::Builtin => {
                 ctx.route = "builtin";
+                // The one built-in endpoint that takes a body (POST from the provider).
+                if let Some(login) = &self.login
+                    && ctx.path.strip_prefix(self.prefix.as_str()) == Some("/backchannel_logout")
+                {
+                    return Ok(login.backchannel_logout(req).await);
+                }
                 return Ok(self.builtin(&req, ctx).await);
             }
             Target::NoRoute => return Err(GatewayError::NoRoute),

@@ -492,6 +492,22 @@ impl DevProvider {
 
     /// How many `grant_type=password` requests reached the token endpoint (any outcome,
     /// failed client authentication included).
+    /// The provider session ids (`sid`) of `user`'s current sign-ins.
+    pub fn sids_of(&self, user: &str) -> Vec<String> {
+        self.lock()
+            .logins
+            .iter()
+            .filter(|(_, l)| l.sub == user)
+            .map(|(sid, _)| sid.clone())
+            .collect()
+    }
+
+    /// Signs `claims` with the provider's key as a JWT of type `typ`: tests build logout tokens
+    /// (and broken ones) with it, as the provider would send them.
+    pub fn sign_for_tests(&self, claims: &Value, typ: &str) -> Option<String> {
+        self.sign(claims, typ).ok()
+    }
+
     /// For tests of relying parties: `true` makes `/token` answer 503 until switched back.
     pub fn set_token_endpoint_down(&self, down: bool) {
         self.token_endpoint_down.store(down, Ordering::SeqCst);

@@ -20,6 +20,7 @@ use crate::body::Body;
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::oidc::{self, Provider};
+use crate::session::logout::Logouts;
 use crate::session::refresh::{Refreshed, Refresher};
 use crate::session::{Loaded, LoginState, Session, SessionCookies};
 
@@ -60,6 +61,7 @@ impl UsedStates {
 pub struct Login {
     provider: Arc<Provider>,
     refresher: Arc<Refresher>,
+    logouts: Arc<Logouts>,
     cookies: SessionCookies,
     used: Arc<UsedStates>,
     public: Url,
@@ -89,6 +91,7 @@ impl Login {
         config: &Config,
         provider: Arc<Provider>,
         refresher: Arc<Refresher>,
+        logouts: Arc<Logouts>,
         used: Arc<UsedStates>,
     ) -> Result<Option<Self>, crate::session::SessionError> {
         let (Some(provider_config), Some(session)) = (&config.provider, &config.session) else {
@@ -102,6 +105,7 @@ impl Login {
         Ok(Some(Self {
             provider,
             refresher,
+            logouts,
             cookies: SessionCookies::new(session)?,
             used,
             public,
@@ -134,6 +138,12 @@ impl Login {
                 mut session,
                 mut touch,
             } => {
+                // Ended by the provider (back-channel logout): no session, and say so.
+                if self.logouts.ended(&session) {
+                    return Authn::Anonymous {
+                        clear: self.cookies.clear(headers),
+                    };
+                }
                 if self.refresher.due(&session, now) {
                     match self.refresher.refresh(&session).await {
                         Refreshed::Renewed(renewed) => {
@@ -473,6 +483,72 @@ impl Login {
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// `POST /oauth2/backchannel_logout` (OpenID Connect Back-Channel Logout 1.0 §2.5): the
+    /// provider says a session or a user is logged out. 200 when the logout is recorded, 400
+    /// with the reason otherwise (§2.8), 503 when the provider's keys cannot be fetched.
+    pub async fn backchannel_logout<B>(&self, req: http::Request<B>) -> Response<Body>
+    where
+        B: http_body::Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        use http_body_util::{BodyExt, Limited};
+        let bad = |why: &str| {
+            tracing::warn!(reason = why, "back-channel logout refused");
+            let mut resp = pages::json(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "invalid_request", "error_description": why}),
+            );
+            resp.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            );
+            resp
+        };
+        if req.method() != http::Method::POST {
+            return bad("use POST");
+        }
+        let form = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if !form {
+            return bad("the body must be application/x-www-form-urlencoded");
+        }
+        let Ok(body) = Limited::new(req.into_body(), 64 * 1024).collect().await else {
+            return bad("the body is too large or broken");
+        };
+        let body = body.to_bytes();
+        let Ok(text) = std::str::from_utf8(&body) else {
+            return bad("the body is not text");
+        };
+        let Ok(params) = single_params(Some(text), &["logout_token"]) else {
+            return bad("logout_token is repeated");
+        };
+        let Some(token) = params.get("logout_token") else {
+            return bad("logout_token is missing");
+        };
+        let logout = match self.provider.validate_logout_token(token).await {
+            Ok(logout) => logout,
+            Err("keys unavailable") => return unavailable(),
+            Err(why) => return bad(why),
+        };
+        if !self.logouts.record(&logout, now()) {
+            return bad("logout_token was already used");
+        }
+        tracing::info!(
+            sid = logout.sid.as_deref().unwrap_or("-"),
+            user = logout.sub.as_deref().unwrap_or("-"),
+            "back-channel logout: sessions ended"
+        );
+        let mut resp = Response::new(Body::empty());
+        resp.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        resp
     }
 }
 

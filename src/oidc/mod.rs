@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod http;
 pub mod id_token;
 pub mod jwks;
+pub mod logout_token;
 pub mod token;
 
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -279,6 +280,31 @@ impl Provider {
             hmac_secret,
         };
         id_token::validate_id_token(raw, &self.jwks, &expect).await
+    }
+
+    /// Validates a back-channel logout token against the configuration and the keys.
+    pub async fn validate_logout_token(
+        &self,
+        raw: &str,
+    ) -> Result<logout_token::LogoutRequest, logout_token::LogoutRejected> {
+        let issuer = self.issuer();
+        let hmac_secret = match &self.config.client_auth {
+            ClientAuth::SecretBasic(s) | ClientAuth::SecretPost(s)
+                if self.config.id_token_algorithms.iter().any(is_hmac) =>
+            {
+                Some(s.expose().as_bytes())
+            }
+            _ => None,
+        };
+        let expect = logout_token::LogoutExpectations {
+            issuer: &issuer,
+            client_id: &self.config.client_id,
+            algorithms: &self.config.id_token_algorithms,
+            leeway: self.config.clock_leeway.as_secs(),
+            now: unix_now(),
+            hmac_secret,
+        };
+        logout_token::validate_logout_token(raw, &self.jwks, &expect).await
     }
 
     /// The userinfo claims for `access_token`.

@@ -12,6 +12,7 @@
 //! [`Loaded`]).
 
 mod cookies;
+pub mod logout;
 mod model;
 pub mod refresh;
 pub mod seal;

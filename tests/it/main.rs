@@ -11,6 +11,7 @@
 
 mod support;
 
+mod backchannel;
 mod bearer;
 mod browser;
 mod cli;
