@@ -31,6 +31,7 @@ fn cookies() -> SessionCookies {
         idle_timeout: Duration::from_secs(3600),
         login_timeout: Duration::from_secs(600),
         max_logins: 5,
+        refresh_before: Duration::from_secs(60),
         store: gatehouse::config::StoreConfig::Cookie,
     })
     .unwrap()

@@ -29,6 +29,8 @@ use crate::oidc::{Provider, ProviderError};
 use crate::proxy::{self, ClientBuildError, Proxy};
 use crate::router::{self, RejectReason, Router, Target};
 use crate::session::StoreShared;
+use crate::session::logout::Logouts;
+use crate::session::refresh::Refresher;
 use crate::telemetry;
 use crate::upstream_token::{Lease, UpstreamClients};
 
@@ -48,6 +50,8 @@ pub enum BuildError {
 pub struct Shared {
     provider: Option<Arc<Provider>>,
     used_states: Arc<UsedStates>,
+    refresher: Option<Arc<Refresher>>,
+    logouts: Arc<Logouts>,
     bearer: Option<Arc<BearerAuth>>,
     upstream_clients: Arc<UpstreamClients>,
     /// The session stores' in-process locks and Redis health, shared by every worker.
@@ -68,8 +72,24 @@ impl Shared {
         };
         let bearer = BearerAuth::new(config, provider.as_ref())?;
         let upstream_clients = Arc::new(UpstreamClients::new(config, provider.as_ref())?);
+        // Shared by every worker: one refresh per refresh token, whichever worker asks.
+        let refresher = match (&provider, &config.session) {
+            (Some(p), Some(s)) => Some(Arc::new(Refresher::new(
+                p.clone(),
+                s.refresh_before,
+                config.authorization.groups_claim.clone(),
+                config.provider.as_ref().is_some_and(|pc| pc.use_userinfo),
+            ))),
+            _ => None,
+        };
+        let lifetime = config
+            .session
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(86_400), |s| s.lifetime);
         Ok(Arc::new(Self {
             provider,
+            refresher,
+            logouts: Arc::new(Logouts::new(lifetime)),
             used_states: Arc::default(),
             bearer,
             upstream_clients,
@@ -106,14 +126,16 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl Gateway {
     pub fn new(config: Arc<Config>, shared: &Shared) -> Result<Self, BuildError> {
-        let login = match &shared.provider {
-            Some(provider) => Login::new(
+        let login = match (&shared.provider, &shared.refresher) {
+            (Some(provider), Some(refresher)) => Login::new(
                 &config,
                 provider.clone(),
+                refresher.clone(),
+                shared.logouts.clone(),
                 shared.used_states.clone(),
                 shared.stores.clone(),
             )?,
-            None => None,
+            _ => None,
         };
         Ok(Self {
             router: Router::new(&config),
@@ -147,7 +169,7 @@ impl Gateway {
 
     async fn steps(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         ctx: &mut RequestCtx,
     ) -> Result<Response<Body>, GatewayError> {
         // Route. Refuse ambiguous framing before anything reads the request (rules 19, 20,
@@ -164,6 +186,12 @@ impl Gateway {
             }
             Target::Builtin => {
                 ctx.route = "builtin";
+                // The one built-in endpoint that takes a body (POST from the provider).
+                if let Some(login) = &self.login
+                    && ctx.path.strip_prefix(self.prefix.as_str()) == Some("/backchannel_logout")
+                {
+                    return Ok(login.backchannel_logout(req).await);
+                }
                 return Ok(self.builtin(&req, ctx).await);
             }
             Target::NoRoute => return Err(GatewayError::NoRoute),
@@ -226,6 +254,13 @@ impl Gateway {
         let login = self.login.as_ref();
         let names = &self.headers;
         let token_header = self.bearer.as_ref().map(|b| b.header().clone());
+        // With pass_token = false the caller's token must not reach the app at all, also not
+        // in the URL when it came as a query parameter (rule 16).
+        if matches!(credential, UpstreamCredential::Strip)
+            && let Some(param) = self.bearer.as_deref().and_then(BearerAuth::query_parameter)
+        {
+            authn::bearer::strip_query_token(req.uri_mut(), param);
+        }
         let gateway_token = lease.as_ref().map(Lease::header);
         let resp = self
             .proxy

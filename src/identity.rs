@@ -71,13 +71,20 @@ fn write(headers: &mut HeaderMap, identity: &Identity, names: &IdentityNames, to
         set(headers, names.preferred_username.clone(), name);
     }
     if !identity.groups.is_empty() {
-        let joined = identity
-            .groups
-            .iter()
-            .filter(|g| is_safe(g))
-            .map(|g| g.replace('%', "%25").replace(',', "%2C"))
-            .collect::<Vec<_>>()
-            .join(",");
+        // One string, built in place: no intermediate string per group.
+        let mut joined = String::new();
+        for group in identity.groups.iter().filter(|g| is_safe(g)) {
+            if !joined.is_empty() {
+                joined.push(',');
+            }
+            for c in group.chars() {
+                match c {
+                    '%' => joined.push_str("%25"),
+                    ',' => joined.push_str("%2C"),
+                    c => joined.push(c),
+                }
+            }
+        }
         set(headers, names.groups.clone(), &joined);
     }
     if let Some(client_id) = &identity.client_id {

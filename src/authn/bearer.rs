@@ -109,6 +109,11 @@ impl BearerAuth {
         &self.realm
     }
 
+    /// The query parameter tokens may come in (`[bearer] query_parameter`), if any.
+    pub fn query_parameter(&self) -> Option<&str> {
+        self.query_parameter.as_deref()
+    }
+
     /// The JWT checker (for tests and benchmarks).
     pub fn jwt(&self) -> &JwtVerifier {
         &self.jwt
@@ -268,6 +273,33 @@ impl BearerAuth {
     }
 }
 
+/// Removes every `param` from the query of `uri` (matched like [`BearerAuth::authenticate`]
+/// finds it, after form-decoding the name); the other parameters stay byte for byte.
+pub fn strip_query_token(uri: &mut Uri, param: &str) {
+    let Some(query) = uri.query() else {
+        return;
+    };
+    let is_token = |pair: &&str| {
+        url::form_urlencoded::parse(pair.as_bytes())
+            .next()
+            .is_some_and(|(name, _)| name == param)
+    };
+    if !query.split('&').any(|pair| is_token(&pair)) {
+        return;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_token(p)).collect();
+    let mut target = uri.path().to_owned();
+    if !kept.is_empty() {
+        target.push('?');
+        target.push_str(&kept.join("&"));
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = http::uri::PathAndQuery::try_from(target).ok();
+    if let Ok(stripped) = Uri::from_parts(parts) {
+        *uri = stripped;
+    }
+}
+
 fn found_token(uri: &Uri, param: &str) -> Option<String> {
     url::form_urlencoded::parse(uri.query()?.as_bytes())
         .find(|(k, _)| k == param)
@@ -306,6 +338,20 @@ mod tests {
         assert!(!is_b64token("a b"));
         assert!(!is_b64token("a,b"));
         assert!(!is_b64token("a\"b"));
+    }
+
+    #[test]
+    fn query_tokens_are_cut_out_of_the_target() {
+        let strip = |target: &str| {
+            let mut uri: Uri = target.parse().unwrap();
+            strip_query_token(&mut uri, "access_token");
+            uri.to_string()
+        };
+        assert_eq!(strip("/a?access_token=t"), "/a");
+        assert_eq!(strip("/a?x=1&access_token=t&y=%20"), "/a?x=1&y=%20");
+        assert_eq!(strip("/a?access%5Ftoken=t&access_token&z"), "/a?z");
+        assert_eq!(strip("/a?access_tokens=t"), "/a?access_tokens=t");
+        assert_eq!(strip("/a"), "/a");
     }
 
     #[test]

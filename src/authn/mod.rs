@@ -127,21 +127,19 @@ pub async fn authenticate(
     {
         return caller;
     }
-    let authn = match login {
-        Some(l) => Some(l.authenticate(headers).await),
-        None => None,
+    let Some(login) = login else {
+        return Caller::Anonymous { clear: Vec::new() };
     };
-    match authn {
-        Some(Authn::Unavailable) => Caller::Unavailable("session store"),
-        Some(Authn::Session {
+    match login.authenticate(headers).await {
+        Authn::Session {
             identity,
             set_cookies,
-        }) => Caller::Session {
+        } => Caller::Session {
             identity,
             set_cookies,
         },
-        Some(Authn::Anonymous { clear }) => Caller::Anonymous { clear },
-        None => Caller::Anonymous { clear: Vec::new() },
+        Authn::Anonymous { clear } => Caller::Anonymous { clear },
+        Authn::Unavailable(what) => Caller::Unavailable(what),
     }
 }
 

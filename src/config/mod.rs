@@ -225,6 +225,9 @@ pub struct SessionConfig {
     /// `max_logins`, default 5: concurrent pending logins (tabs) per browser; the oldest is
     /// dropped.
     pub max_logins: usize,
+    /// `refresh_before`, default 60 s: an access token this close to its expiry (or past it)
+    /// is refreshed with the refresh token before the request is forwarded.
+    pub refresh_before: Duration,
     /// `store`, default `"cookie"`: where sessions live.
     pub store: StoreConfig,
 }

@@ -293,6 +293,9 @@ pub struct DevProvider {
     state: Mutex<State>,
     /// `grant_type=password` requests at the token endpoint, successful or not.
     password_grants: AtomicU64,
+    refresh_grants: AtomicU64,
+    /// Tests switch the token endpoint off to see a relying party ride out an outage.
+    token_endpoint_down: std::sync::atomic::AtomicBool,
     /// Requests to `/introspect`, successful or not.
     introspections: AtomicU64,
 }
@@ -438,6 +441,8 @@ impl DevProvider {
             },
             state: Mutex::new(State::default()),
             password_grants: AtomicU64::new(0),
+            refresh_grants: AtomicU64::new(0),
+            token_endpoint_down: std::sync::atomic::AtomicBool::new(false),
             introspections: AtomicU64::new(0),
         })
     }
@@ -487,6 +492,47 @@ impl DevProvider {
 
     /// How many `grant_type=password` requests reached the token endpoint (any outcome,
     /// failed client authentication included).
+    /// The provider session ids (`sid`) of `user`'s current sign-ins.
+    pub fn sids_of(&self, user: &str) -> Vec<String> {
+        self.lock()
+            .logins
+            .iter()
+            .filter(|(_, l)| l.sub == user)
+            .map(|(sid, _)| sid.clone())
+            .collect()
+    }
+
+    /// Signs `claims` with the provider's key as a JWT of type `typ`: tests build logout tokens
+    /// (and broken ones) with it, as the provider would send them.
+    pub fn sign_for_tests(&self, claims: &Value, typ: &str) -> Option<String> {
+        self.sign(claims, typ).ok()
+    }
+
+    /// For tests of relying parties: `true` makes `/token` answer 503 until switched back.
+    pub fn set_token_endpoint_down(&self, down: bool) {
+        self.token_endpoint_down.store(down, Ordering::SeqCst);
+    }
+
+    /// `grant_type=refresh_token` requests so far (a relying party's refreshes, counted here).
+    pub fn refresh_grant_requests(&self) -> u64 {
+        self.refresh_grants.load(Ordering::SeqCst)
+    }
+
+    /// Ends every sign-in of `user`, as an administrator disabling them would: their refresh
+    /// tokens stop working and `/userinfo` refuses their access tokens.
+    pub fn end_sign_ins_of(&self, user: &str) {
+        let mut state = self.lock();
+        let sids: Vec<String> = state
+            .logins
+            .iter()
+            .filter(|(_, l)| l.sub == user)
+            .map(|(sid, _)| sid.clone())
+            .collect();
+        for sid in sids {
+            state.end_login(&sid);
+        }
+    }
+
     pub fn password_grant_requests(&self) -> u64 {
         self.password_grants.load(Ordering::SeqCst)
     }
@@ -884,6 +930,13 @@ impl DevProvider {
     // ---- /token --------------------------------------------------------------------------
 
     fn token(&self, req: &Request<Bytes>, now: u64) -> Result<Response<Full<Bytes>>, OAuthError> {
+        if self.token_endpoint_down.load(Ordering::SeqCst) {
+            return Err(OAuthError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the token endpoint is down (test switch)",
+            ));
+        }
         let form_type = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -908,6 +961,9 @@ impl DevProvider {
         let grant_type = single(&form, "grant_type").ok().flatten().unwrap_or("");
         if grant_type == "password" {
             self.password_grants.fetch_add(1, Ordering::SeqCst);
+        }
+        if grant_type == "refresh_token" {
+            self.refresh_grants.fetch_add(1, Ordering::SeqCst);
         }
         let client = self.authenticate_client(req.headers(), &form)?;
         let grant = match grant_type {

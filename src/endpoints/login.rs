@@ -10,16 +10,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::SET_COOKIE;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 use url::Url;
 
 use super::pages::{self, escape};
 use super::redirect::safe_return_to;
-use crate::authz::{Authorizer, Decision, groups_at};
+use crate::authz::{Authorizer, Decision};
 use crate::body::Body;
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::identity::Identity;
 use crate::oidc::{self, Provider};
+use crate::session::logout::Logouts;
+use crate::session::refresh::{Refreshed, Refresher};
 use crate::session::{Loaded, LoginState, Session, SessionError, SessionStore, StoreShared};
 
 pub fn now() -> u64 {
@@ -58,6 +60,8 @@ impl UsedStates {
 /// What the login flow needs, per worker; the provider and the used-state memory are shared.
 pub struct Login {
     provider: Arc<Provider>,
+    refresher: Arc<Refresher>,
+    logouts: Arc<Logouts>,
     store: SessionStore,
     used: Arc<UsedStates>,
     public: Url,
@@ -78,14 +82,23 @@ pub enum Authn {
         /// Cookies to send back (the session re-sealed with a new last-seen time, or cleared).
         set_cookies: Vec<HeaderValue>,
     },
-    /// The session store cannot be asked (Redis down): 503, never anonymous (rule 36).
-    Unavailable,
+    /// 503: the session's access token has expired and the provider cannot refresh it now
+    /// (`"token refresh"`), or the session store cannot be asked (`"session store"`, Redis
+    /// down; never anonymous, rule 36).
+    Unavailable(&'static str),
 }
+
+const STORE: &str = "session store";
+/// Longest a replica holds a session's refresh lock (the grant's timeouts are shorter); a
+/// replica that dies holding it delays the others this long at most.
+const REFRESH_LOCK_TTL: Duration = Duration::from_secs(15);
 
 impl Login {
     pub fn new(
         config: &Config,
         provider: Arc<Provider>,
+        refresher: Arc<Refresher>,
+        logouts: Arc<Logouts>,
         used: Arc<UsedStates>,
         stores: Arc<StoreShared>,
     ) -> Result<Option<Self>, crate::session::SessionError> {
@@ -99,6 +112,8 @@ impl Login {
             .unwrap_or_else(|| provider_config.redirect_url.clone());
         Ok(Some(Self {
             provider,
+            refresher,
+            logouts,
             store: SessionStore::new(session, stores)?,
             used,
             public,
@@ -118,25 +133,67 @@ impl Login {
         self.store.cookies().strip_own_cookies(headers);
     }
 
-    /// The session store (the refresh step locks, re-reads and saves through it).
+    /// The session store (cookie or Redis).
     pub fn store(&self) -> &SessionStore {
         &self.store
     }
 
     /// Authenticate from the session cookie. An expired session is cleared and is no session;
-    /// a store that cannot be asked is [`Authn::Unavailable`].
+    /// a store that cannot be asked is [`Authn::Unavailable`]. An access token about to expire
+    /// is refreshed first (see [`crate::session::refresh`]).
     pub async fn authenticate(&self, headers: &HeaderMap) -> Authn {
         let now = now();
         let loaded = match self.store.load(headers, now).await {
             Ok(loaded) => loaded,
-            Err(_) => return Authn::Unavailable,
+            Err(_) => return Authn::Unavailable(STORE),
         };
         match loaded {
             Loaded::None => Authn::Anonymous { clear: Vec::new() },
             Loaded::Expired => Authn::Anonymous {
                 clear: self.store.cookies().clear(headers),
             },
-            Loaded::Valid { mut session, touch } => {
+            Loaded::Valid {
+                mut session,
+                mut touch,
+            } => {
+                // Ended by the provider (back-channel logout): no session, and say so.
+                if self.logouts.ended(&session) {
+                    return Authn::Anonymous {
+                        clear: self.store.cookies().clear(headers),
+                    };
+                }
+                if self.refresher.due(&session, now) {
+                    let refreshed = if self.store.is_server_side() {
+                        match self.refresh_shared(&session, now).await {
+                            Ok(refreshed) => refreshed,
+                            Err(SessionError::Unavailable) => return Authn::Unavailable(STORE),
+                            // Another replica held the lock too long: as if the provider
+                            // could not be asked.
+                            Err(_) => Refreshed::Unavailable,
+                        }
+                    } else {
+                        self.refresher.refresh(&session).await
+                    };
+                    match refreshed {
+                        Refreshed::Renewed(renewed) => {
+                            session = *renewed;
+                            // The shared path stored it already, under the lock.
+                            touch = !self.store.is_server_side();
+                        }
+                        Refreshed::Ended => {
+                            return Authn::Anonymous {
+                                clear: self.store.cookies().clear(headers),
+                            };
+                        }
+                        // The old token serves while it is valid; past that, fail closed.
+                        Refreshed::Unavailable
+                            if session.access_expires_at.is_some_and(|exp| exp <= now) =>
+                        {
+                            return Authn::Unavailable("token refresh");
+                        }
+                        Refreshed::Unavailable => {}
+                    }
+                }
                 let mut set_cookies = Vec::new();
                 if touch {
                     session.last_seen = now;
@@ -148,7 +205,7 @@ impl Login {
                                 clear: self.store.cookies().clear(headers),
                             };
                         }
-                        Err(SessionError::Unavailable) => return Authn::Unavailable,
+                        Err(SessionError::Unavailable) => return Authn::Unavailable(STORE),
                         Err(err) => {
                             tracing::warn!(error = %err, "could not refresh the session cookie")
                         }
@@ -159,6 +216,39 @@ impl Login {
                     set_cookies,
                 }
             }
+        }
+    }
+
+    /// Refresh with a server-side store: one grant per session across every replica. Takes
+    /// the session's lock, re-reads the session under it (another replica may have refreshed
+    /// it a moment ago, spending the refresh token this request carries), refreshes only if it
+    /// is still due, and stores the result before the lock is released.
+    async fn refresh_shared(&self, session: &Session, now: u64) -> Result<Refreshed, SessionError> {
+        let lock = self.store.lock(&session.id, REFRESH_LOCK_TTL).await?;
+        let outcome = async {
+            let current = match self.store.reload(&session.id, now).await? {
+                Some(Loaded::Valid { session, .. }) => session,
+                Some(Loaded::None | Loaded::Expired) => return Ok(Refreshed::Ended),
+                None => session.clone(),
+            };
+            if !self.refresher.due(&current, now) {
+                return Ok(Refreshed::Renewed(Box::new(current)));
+            }
+            let refreshed = self.refresher.refresh(&current).await;
+            if let Refreshed::Renewed(renewed) = &refreshed {
+                let mut stored = (**renewed).clone();
+                stored.last_seen = now;
+                self.store.save(&stored, &HeaderMap::new()).await?;
+                return Ok(Refreshed::Renewed(Box::new(stored)));
+            }
+            Ok(refreshed)
+        }
+        .await;
+        // A failed release only delays the next refresh by the lock's TTL.
+        let _ = self.store.unlock(lock).await;
+        match outcome {
+            Err(SessionError::Ended) => Ok(Refreshed::Ended),
+            other => other,
         }
     }
 
@@ -369,7 +459,8 @@ impl Login {
                 }
             }
         }
-        let Some(mut session) = session_from(&claims, &tokens, &self.groups_claim, now) else {
+        let Some(mut session) = Session::from_tokens(&claims, &tokens, &self.groups_claim, now)
+        else {
             return with_cookies(
                 bad_login("The identity provider sent no subject.", &self.prefix),
                 set_cookies,
@@ -394,7 +485,9 @@ impl Login {
         };
         match stored {
             Ok(cookies) => set_cookies.extend(cookies),
-            Err(SessionError::Unavailable) => return with_cookies(unavailable(), set_cookies),
+            Err(SessionError::Unavailable) => {
+                return with_cookies(store_unavailable(), set_cookies);
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "session does not fit in cookies");
                 return with_cookies(
@@ -465,12 +558,89 @@ impl Login {
                 set_cookies,
             ),
             Authn::Anonymous { .. } => unauthorized_json(&self.prefix),
-            Authn::Unavailable => store_unavailable(),
+            Authn::Unavailable(STORE) => store_unavailable(),
+            Authn::Unavailable(_) => unavailable(),
         }
     }
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// `POST /oauth2/backchannel_logout` (OpenID Connect Back-Channel Logout 1.0 §2.5): the
+    /// provider says a session or a user is logged out. 200 when the logout is recorded, 400
+    /// with the reason otherwise (§2.8), 503 when the provider's keys cannot be fetched.
+    pub async fn backchannel_logout<B>(&self, req: http::Request<B>) -> Response<Body>
+    where
+        B: http_body::Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        use http_body_util::{BodyExt, Limited};
+        let bad = |why: &str| {
+            tracing::warn!(reason = why, "back-channel logout refused");
+            let mut resp = pages::json(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "invalid_request", "error_description": why}),
+            );
+            resp.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            );
+            resp
+        };
+        if req.method() != http::Method::POST {
+            return bad("use POST");
+        }
+        let form = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if !form {
+            return bad("the body must be application/x-www-form-urlencoded");
+        }
+        let Ok(body) = Limited::new(req.into_body(), 64 * 1024).collect().await else {
+            return bad("the body is too large or broken");
+        };
+        let body = body.to_bytes();
+        let Ok(text) = std::str::from_utf8(&body) else {
+            return bad("the body is not text");
+        };
+        let Ok(params) = single_params(Some(text), &["logout_token"]) else {
+            return bad("logout_token is repeated");
+        };
+        let Some(token) = params.get("logout_token") else {
+            return bad("logout_token is missing");
+        };
+        let logout = match self.provider.validate_logout_token(token).await {
+            Ok(logout) => logout,
+            Err("keys unavailable") => return unavailable(),
+            Err(why) => return bad(why),
+        };
+        if !self.logouts.record(&logout, now()) {
+            return bad("logout_token was already used");
+        }
+        // With Redis the sessions themselves go, on every replica. A store that cannot be
+        // asked is a 503: the provider may retry (§2.8), and this replica refuses them already.
+        if let Err(err) = self
+            .store
+            .end_sessions(logout.sub.as_deref(), logout.sid.as_deref())
+            .await
+        {
+            tracing::warn!(error = %err, "back-channel logout could not end the stored sessions");
+            return store_unavailable();
+        }
+        tracing::info!(
+            sid = logout.sid.as_deref().unwrap_or("-"),
+            user = logout.sub.as_deref().unwrap_or("-"),
+            "back-channel logout: sessions ended"
+        );
+        let mut resp = Response::new(Body::empty());
+        resp.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        resp
     }
 }
 
@@ -487,62 +657,6 @@ fn identity_of(session: Session) -> Identity {
         claims: session.claims,
         access_token: session.access_token,
     }
-}
-
-/// Claims the session keeps for route policies: everything but the protocol's own and the
-/// ones stored in their own fields.
-const PROTOCOL_CLAIMS: [&str; 16] = [
-    "iss",
-    "aud",
-    "exp",
-    "iat",
-    "nbf",
-    "nonce",
-    "azp",
-    "at_hash",
-    "c_hash",
-    "auth_time",
-    "jti",
-    "sid",
-    "sub",
-    "email",
-    "email_verified",
-    "preferred_username",
-];
-
-fn session_from(
-    claims: &Map<String, Value>,
-    tokens: &oidc::TokenResponse,
-    groups_claim: &[String],
-    now: u64,
-) -> Option<Session> {
-    let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
-    let sub = text("sub").filter(|s| !s.is_empty())?;
-    let kept: Map<String, Value> = claims
-        .iter()
-        .filter(|(k, _)| !PROTOCOL_CLAIMS.contains(&k.as_str()) && k.as_str() != "name")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    Some(Session {
-        // 256 random bits: with the Redis store this id is all a cookie holds.
-        id: oidc::random_token(32),
-        sub,
-        email: text("email"),
-        email_verified: claims
-            .get("email_verified")
-            .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true")),
-        name: text("name"),
-        preferred_username: text("preferred_username"),
-        groups: groups_at(claims, groups_claim),
-        claims: kept,
-        id_token: tokens.id_token.clone().map(Secret::new),
-        access_token: Some(tokens.access_token.clone()),
-        access_expires_at: tokens.expires_in.map(|s| now + s),
-        refresh_token: tokens.refresh_token.clone(),
-        sid: text("sid"),
-        created_at: now,
-        last_seen: now,
-    })
 }
 
 /// Parses the query, refusing any of `names` that appears more than once (rule 35: never

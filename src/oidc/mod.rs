@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod http;
 pub mod id_token;
 pub mod jwks;
+pub mod logout_token;
 pub mod token;
 
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -254,6 +255,19 @@ impl Provider {
         self.token_call(&metadata).refresh(refresh_token).await
     }
 
+    /// The client secret, the only key `HS*` tokens from the provider verify with (OIDC Core
+    /// §10.1), when HMAC is allowed at all.
+    fn hmac_secret(&self) -> Option<&[u8]> {
+        match &self.config.client_auth {
+            ClientAuth::SecretBasic(s) | ClientAuth::SecretPost(s)
+                if self.config.id_token_algorithms.iter().any(is_hmac) =>
+            {
+                Some(s.expose().as_bytes())
+            }
+            _ => None,
+        }
+    }
+
     /// Validates an ID token against the configuration, the provider's keys and `nonce`.
     pub async fn validate_id_token(
         &self,
@@ -261,14 +275,7 @@ impl Provider {
         nonce: Option<&str>,
     ) -> Result<Claims, IdTokenRejected> {
         let issuer = self.issuer();
-        let hmac_secret = match &self.config.client_auth {
-            ClientAuth::SecretBasic(s) | ClientAuth::SecretPost(s)
-                if self.config.id_token_algorithms.iter().any(is_hmac) =>
-            {
-                Some(s.expose().as_bytes())
-            }
-            _ => None,
-        };
+        let hmac_secret = self.hmac_secret();
         let expect = Expectations {
             issuer: &issuer,
             client_id: &self.config.client_id,
@@ -279,6 +286,24 @@ impl Provider {
             hmac_secret,
         };
         id_token::validate_id_token(raw, &self.jwks, &expect).await
+    }
+
+    /// Validates a back-channel logout token against the configuration and the keys.
+    pub async fn validate_logout_token(
+        &self,
+        raw: &str,
+    ) -> Result<logout_token::LogoutRequest, logout_token::LogoutRejected> {
+        let issuer = self.issuer();
+        let hmac_secret = self.hmac_secret();
+        let expect = logout_token::LogoutExpectations {
+            issuer: &issuer,
+            client_id: &self.config.client_id,
+            algorithms: &self.config.id_token_algorithms,
+            leeway: self.config.clock_leeway.as_secs(),
+            now: unix_now(),
+            hmac_secret,
+        };
+        logout_token::validate_logout_token(raw, &self.jwks, &expect).await
     }
 
     /// The userinfo claims for `access_token`.

@@ -11,6 +11,9 @@
 //! Every name equal to `N` or starting with `N_` belongs to the gateway and is stripped from
 //! requests before they go upstream.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::digest::{SHA256, digest};
 use cookie::time::{Duration as CookieDuration, OffsetDateTime};
@@ -36,6 +39,8 @@ const MAX_CHUNK_VALUE: usize = 3800;
 const MAX_SET_COOKIE: usize = 4095;
 /// Below this, the configured name and domain leave too little room for a useful chunk.
 const MIN_CHUNK_VALUE: usize = 1024;
+/// At most this many opened sessions are remembered (per [`SessionCookies`], i.e. per worker).
+const MAX_OPENED: usize = 1024;
 
 /// What the session cookies of a request amount to.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +77,33 @@ pub struct SessionCookies {
     max_logins: usize,
     /// Largest cookie value we write, so that name, value and attributes stay under 4096 bytes.
     chunk_size: usize,
+    /// Sessions recently opened from a cookie value, so that a browser's every request does not
+    /// pay for decryption and JSON parsing again.
+    opened: OpenedCache,
+}
+
+/// Sessions this worker opened recently, keyed by the SHA-256 of the sealed cookie value (rule 5:
+/// cache keys are hashes, never the secret itself). An entry is exactly what opening that value
+/// again would give: the same bytes under the same keys (a new secret means a new
+/// `SessionCookies`, so an empty cache). It is no licence: lifetime and idle timeout are checked
+/// against the session's own `created_at`/`last_seen` at every use, as for an uncached cookie,
+/// and an expired entry is dropped when met (rule 10). Bounded by [`MAX_OPENED`]; only values
+/// that opened are cached, so garbage cookies are no way to fill it. A `Mutex` for `Sync` only:
+/// each worker has its own, never contended.
+#[derive(Default)]
+struct OpenedCache(Mutex<HashMap<[u8; 32], Opened>>);
+
+struct Opened {
+    session: Session,
+    /// When a refreshed cookie was last handed out for this value (unix seconds).
+    touched_at: Option<u64>,
+}
+
+impl std::fmt::Debug for OpenedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = self.0.lock().map_or(0, |map| map.len());
+        f.debug_struct("OpenedCache").field("len", &len).finish()
+    }
 }
 
 /// How a cookie name relates to the gateway.
@@ -149,6 +181,7 @@ impl SessionCookies {
             login_timeout: config.login_timeout.as_secs(),
             max_logins: config.max_logins,
             chunk_size: MAX_CHUNK_VALUE,
+            opened: OpenedCache::default(),
         };
         // Measure the longest Set-Cookie we can write with an empty value (the longest chunk or
         // login name, the largest Max-Age) and give the value what is left under 4096 bytes.
@@ -188,22 +221,34 @@ impl SessionCookies {
                 return Loaded::None;
             }
         }
-        let session = whole
+        let opened = whole
             .iter()
-            .find_map(|value| self.open_session(value))
-            .or_else(|| reassemble(chunks).and_then(|value| self.open_session(&value)));
-        let Some(session) = session else {
+            .find_map(|value| self.open_session_cached(value, now))
+            .or_else(|| reassemble(chunks).and_then(|value| self.open_session_cached(&value, now)));
+        let Some((key, session)) = opened else {
             return Loaded::None;
         };
         let absolute_end = session.created_at.saturating_add(self.lifetime);
         let idle_end = session.last_seen.saturating_add(self.idle_timeout);
         if now >= absolute_end || now >= idle_end {
+            self.opened.lock().remove(&key);
             return Loaded::Expired;
         }
         // Re-sealing on every request would add a Set-Cookie of up to 30 KB to every answer;
         // a tenth of the idle timeout (at most a minute) keeps idle expiry accurate enough.
         let touch_after = (self.idle_timeout / 10).min(60);
-        let touch = now.saturating_sub(session.last_seen) > touch_after;
+        let mut touch = now.saturating_sub(session.last_seen) > touch_after;
+        if touch {
+            // The same stale value again within `touch_after` (a browser's parallel requests, sent
+            // before the refreshed cookie arrived) already got its refreshed cookie: sealing again
+            // would only replace it. Skipping can only let the session expire sooner, never later.
+            if let Some(entry) = self.opened.lock().get_mut(&key) {
+                match entry.touched_at {
+                    Some(at) if now.saturating_sub(at) <= touch_after => touch = false,
+                    _ => entry.touched_at = Some(now),
+                }
+            }
+        }
         Loaded::Valid { session, touch }
     }
 
@@ -363,28 +408,38 @@ impl SessionCookies {
     /// Removes the gateway's cookies (session chunks, login cookies, any `N_…`) from the request's
     /// `Cookie` header(s), so the upstream never sees them; the app's cookies stay, in order.
     pub fn strip_own_cookies(&self, headers: &mut HeaderMap) {
-        let any_own = request_cookies(headers).any(|(name, _)| self.kind(name) != Kind::App);
+        // One pass: collect the app's pieces, and change the header only if something of ours was
+        // there (a browser logged in sends nothing else, most often: the header just goes).
+        let mut kept: Vec<Vec<u8>> = Vec::new();
+        let mut any_own = false;
+        for value in headers.get_all(COOKIE) {
+            let mut joined: Vec<u8> = Vec::new();
+            for piece in value.as_bytes().split(|b| *b == b';') {
+                let piece = piece.trim_ascii();
+                if piece.is_empty() {
+                    continue;
+                }
+                let name = piece.split(|b| *b == b'=').next().unwrap_or(piece);
+                if self.kind(name.trim_ascii()) != Kind::App {
+                    any_own = true;
+                    continue;
+                }
+                if !joined.is_empty() {
+                    joined.extend_from_slice(b"; ");
+                }
+                joined.extend_from_slice(piece);
+            }
+            if !joined.is_empty() {
+                kept.push(joined);
+            }
+        }
         if !any_own {
             return;
         }
-        let values: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
         headers.remove(COOKIE);
-        for value in values {
-            let kept: Vec<&[u8]> = value
-                .as_bytes()
-                .split(|b| *b == b';')
-                .map(<[u8]>::trim_ascii)
-                .filter(|piece| !piece.is_empty())
-                .filter(|piece| {
-                    let name = piece.split(|b| *b == b'=').next().unwrap_or(piece);
-                    self.kind(name.trim_ascii()) == Kind::App
-                })
-                .collect();
-            if kept.is_empty() {
-                continue;
-            }
+        for value in kept {
             // Made of pieces of a valid header value joined by "; ", so it is valid too.
-            if let Ok(value) = HeaderValue::from_bytes(&kept.join(&b"; "[..])) {
+            if let Ok(value) = HeaderValue::from_bytes(&value) {
                 headers.append(COOKIE, value);
             }
         }
@@ -440,6 +495,37 @@ impl SessionCookies {
             }
         }
         names
+    }
+
+    /// The session sealed in `value`, from the cache when this worker opened the same value before
+    /// (a hit costs a SHA-256 and a clone instead of decryption and JSON parsing), with its key.
+    fn open_session_cached(&self, value: &[u8], now: u64) -> Option<([u8; 32], Session)> {
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest(&SHA256, value).as_ref());
+        if let Some(entry) = self.opened.lock().get(&key) {
+            return Some((key, entry.session.clone()));
+        }
+        let session = self.open_session(value)?;
+        let mut map = self.opened.lock();
+        if map.len() >= MAX_OPENED {
+            // Expired entries go first; if the cache is still full, start over (bounded work,
+            // amortised over MAX_OPENED insertions).
+            map.retain(|_, e| {
+                now < e.session.created_at.saturating_add(self.lifetime)
+                    && now < e.session.last_seen.saturating_add(self.idle_timeout)
+            });
+            if map.len() >= MAX_OPENED {
+                map.clear();
+            }
+        }
+        map.insert(
+            key,
+            Opened {
+                session: session.clone(),
+                touched_at: None,
+            },
+        );
+        Some((key, session))
     }
 
     fn open_session(&self, value: &[u8]) -> Option<Session> {
@@ -554,6 +640,12 @@ impl SessionCookies {
     }
 }
 
+impl OpenedCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Opened>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Every `name=value` pair of every `Cookie` header, in order. Lenient on purpose (RFC 6265 §5.4
 /// sends `; `-separated pairs, but anything can arrive): split on `;`, trim, split at the first
 /// `=`; pieces without `=` or with an empty name are skipped; bytes need not be UTF-8.
@@ -636,6 +728,7 @@ mod tests {
             idle_timeout: Duration::from_secs(3600),
             login_timeout: Duration::from_secs(600),
             max_logins: 3,
+            refresh_before: Duration::from_secs(60),
             store: crate::config::StoreConfig::Cookie,
         }
     }
@@ -967,6 +1060,39 @@ mod tests {
         };
         assert!(!touched(NOW + 10));
         assert!(touched(NOW + 11));
+    }
+
+    #[test]
+    fn a_stale_cookie_is_refreshed_once_per_touch_interval() {
+        let c = cookies();
+        let jar = stored(&c, &session(NOW));
+        let touch = |now| match c.load(&jar.headers(), now) {
+            Loaded::Valid { touch, .. } => touch,
+            other => panic!("{other:?}"),
+        };
+        assert!(!touch(NOW + 30));
+        assert!(touch(NOW + 61));
+        // Requests that were under way before the refreshed cookie arrived get no second one.
+        assert!(!touch(NOW + 62));
+        assert!(!touch(NOW + 121));
+        assert!(touch(NOW + 122));
+    }
+
+    #[test]
+    fn a_cached_session_still_expires_and_the_cache_stays_bounded() {
+        let c = cookies();
+        let jar = stored(&c, &session(NOW));
+        assert!(matches!(c.load(&jar.headers(), NOW), Loaded::Valid { .. }));
+        assert_eq!(c.load(&jar.headers(), NOW + 3600), Loaded::Expired);
+        assert_eq!(c.opened.lock().len(), 0, "an expired entry is dropped");
+        for i in 0..MAX_OPENED + 3 {
+            let jar = stored(&c, &session(NOW + i as u64));
+            assert!(matches!(
+                c.load(&jar.headers(), NOW + 2000),
+                Loaded::Valid { .. }
+            ));
+        }
+        assert!(c.opened.lock().len() <= MAX_OPENED);
     }
 
     #[test]

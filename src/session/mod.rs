@@ -8,13 +8,16 @@
 //!
 //! Where a session lives between requests is the store's business ([`SessionStore`]: the
 //! cookie itself, or Redis with only a sealed id in the cookie, which sign-out can end for good,
-//! rule 12).
+//! rule 12). [`refresh`] renews a session's access token with its refresh token before it
+//! expires.
 //!
-//! It does not decide whether a request is authenticated (that is authn's job with [`Loaded`]),
-//! talk to the provider, or refresh tokens.
+//! It does not decide whether a request is authenticated (that is authn's job with
+//! [`Loaded`]).
 
 mod cookies;
+pub mod logout;
 mod model;
+pub mod refresh;
 pub mod seal;
 mod store;
 
@@ -66,6 +69,7 @@ pub(crate) fn tests_config() -> crate::config::SessionConfig {
         idle_timeout: Duration::from_secs(3600),
         login_timeout: Duration::from_secs(600),
         max_logins: 3,
+        refresh_before: Duration::from_secs(60),
         store: crate::config::StoreConfig::Cookie,
     }
 }

@@ -7,6 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use serde_json::{Map, Value};
+
+use crate::authz::groups_at;
 use crate::config::Secret;
 
 /// A logged-in browser: who it is, the provider's tokens, and when it logged in and was last seen
@@ -46,6 +49,17 @@ pub struct Session {
 }
 
 impl Session {
+    /// A fresh session from validated claims and the token endpoint's answer; `None` without a
+    /// subject.
+    pub fn from_tokens(
+        claims: &Map<String, Value>,
+        tokens: &crate::oidc::TokenResponse,
+        groups_claim: &[String],
+        now: u64,
+    ) -> Option<Self> {
+        session_from(claims, tokens, groups_claim, now)
+    }
+
     /// A fresh session for `sub` logged in at `now`, with a new random id and nothing else set.
     pub fn new(sub: impl Into<String>, now: u64) -> Self {
         Self {
@@ -84,6 +98,62 @@ pub struct LoginState {
 }
 
 /// 128 random bits as 32 lowercase hex digits.
+/// Claims the session keeps for route policies: everything but the protocol's own and the
+/// ones stored in their own fields.
+const PROTOCOL_CLAIMS: [&str; 16] = [
+    "iss",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "nonce",
+    "azp",
+    "at_hash",
+    "c_hash",
+    "auth_time",
+    "jti",
+    "sid",
+    "sub",
+    "email",
+    "email_verified",
+    "preferred_username",
+];
+
+fn session_from(
+    claims: &Map<String, Value>,
+    tokens: &crate::oidc::TokenResponse,
+    groups_claim: &[String],
+    now: u64,
+) -> Option<Session> {
+    let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+    let sub = text("sub").filter(|s| !s.is_empty())?;
+    let kept: Map<String, Value> = claims
+        .iter()
+        .filter(|(k, _)| !PROTOCOL_CLAIMS.contains(&k.as_str()) && k.as_str() != "name")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Some(Session {
+        // 256 random bits: with the Redis store this id is all a cookie holds.
+        id: crate::oidc::random_token(32),
+        sub,
+        email: text("email"),
+        email_verified: claims
+            .get("email_verified")
+            .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true")),
+        name: text("name"),
+        preferred_username: text("preferred_username"),
+        groups: groups_at(claims, groups_claim),
+        claims: kept,
+        id_token: tokens.id_token.clone().map(Secret::new),
+        access_token: Some(tokens.access_token.clone()),
+        access_expires_at: tokens.expires_in.map(|s| now + s),
+        refresh_token: tokens.refresh_token.clone(),
+        sid: text("sid"),
+        created_at: now,
+        last_seen: now,
+    })
+}
+
 pub fn random_hex_128() -> String {
     format!("{:032x}", rand::random::<u128>())
 }

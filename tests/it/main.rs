@@ -11,6 +11,8 @@
 
 mod support;
 
+mod backchannel;
+mod bearer;
 mod browser;
 mod cli;
 mod forward_auth;
@@ -19,6 +21,7 @@ mod id_token_attacks;
 mod login;
 mod proxy;
 mod redis_sessions;
+mod refresh;
 mod session_store;
 mod transport;
 mod upstream_token;

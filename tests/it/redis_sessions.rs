@@ -55,7 +55,7 @@ async fn logged_in(redis: &RedisServer) -> (World, String) {
 async fn a_session_made_on_one_replica_is_served_by_the_other() {
     let redis = RedisServer::start();
     let (world, cookie) = logged_in(&redis).await;
-    let replica = world.start_replica();
+    let replica = world.replica();
     let reply = api(&replica, "/oauth2/userinfo", &cookie).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["user"], "alice");
@@ -70,7 +70,7 @@ async fn a_session_made_on_one_replica_is_served_by_the_other() {
 async fn sign_out_on_one_replica_refuses_the_old_cookie_on_the_other() {
     let redis = RedisServer::start();
     let (world, cookie) = logged_in(&redis).await;
-    let replica = world.start_replica();
+    let replica = world.replica();
     assert_eq!(api(&replica, "/orders", &cookie).await.status, 200);
     let out = api(&world.gw, "/oauth2/sign_out", &cookie).await;
     assert!(

@@ -26,6 +26,7 @@ fn config(store: StoreConfig, idle: u64, lifetime: u64) -> SessionConfig {
         idle_timeout: Duration::from_secs(idle),
         login_timeout: Duration::from_secs(600),
         max_logins: 3,
+        refresh_before: Duration::from_secs(60),
         store,
     }
 }

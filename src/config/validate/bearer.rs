@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use http::HeaderName;
-use jsonwebtoken::{Algorithm, AlgorithmFamily};
+use jsonwebtoken::Algorithm;
 use toml_edit::{Array, ArrayOfTables, Item, Table, value};
 use url::Url;
 
@@ -16,15 +16,18 @@ use crate::config::{
     PasswordBridgeConfig, ProviderConfig,
 };
 
-const DEFAULT_ALGORITHMS: [Algorithm; 4] = [
-    Algorithm::RS256,
-    Algorithm::ES256,
-    Algorithm::PS256,
-    Algorithm::EdDSA,
-];
-
 /// Tokens above this are never reasonable; the configurable limit stays under it.
 const MAX_TOKEN_BYTES_LIMIT: usize = 64 * 1024;
+
+/// Whether `[bearer]` can authenticate callers on its own (without `[provider]`): the
+/// provider's tokens, an issuer of its own, or an introspection endpoint. Routes may then
+/// require authentication, and the default policy is "authenticated" — never "public" for a
+/// gateway configured to check tokens.
+pub(super) fn authenticates_callers(raw: &RawBearer) -> bool {
+    raw.enabled == Some(true)
+        || raw.issuers.as_ref().is_some_and(|i| !i.is_empty())
+        || raw.introspection.is_some()
+}
 
 impl Ctx<'_> {
     pub(super) fn bearer(
@@ -250,40 +253,14 @@ impl Ctx<'_> {
         raw: Option<Vec<String>>,
         has_secret: bool,
     ) -> Vec<Algorithm> {
-        let path = p.key("algorithms");
-        let Some(names) = raw else {
-            return DEFAULT_ALGORITHMS.to_vec();
-        };
-        if names.is_empty() {
-            self.problem(&path, "must not be empty");
-        }
-        let mut out = Vec::new();
-        for (i, name) in names.iter().enumerate() {
-            let path = path.index(i);
-            if name.eq_ignore_ascii_case("none") {
-                self.problem(
-                    &path,
-                    "`none` is never accepted: an unsigned token proves nothing",
-                );
-                continue;
-            }
-            match name.parse::<Algorithm>() {
-                Ok(a) if a.family() == AlgorithmFamily::Hmac && !has_secret => self.problem(
-                    &path,
-                    format!("`{name}` needs a shared secret (`hmac_secret` or `hmac_secret_file`; for the provider, its client secret)"),
-                ),
-                Ok(a) => {
-                    if !out.contains(&a) {
-                        out.push(a);
-                    }
-                }
-                Err(_) => self.problem(
-                    &path,
-                    format!("`{name}` is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512"),
-                ),
-            }
-        }
-        out
+        self.algorithm_list(
+            &p.key("algorithms"),
+            raw,
+            has_secret.then_some(()).ok_or(
+                "a shared secret (`hmac_secret` or `hmac_secret_file`; for the provider, its client secret)",
+            ),
+            "token",
+        )
     }
 
     fn introspection(
@@ -500,6 +477,27 @@ mod tests {
         assert_eq!(b.query_parameter, None, "query tokens are off by default");
         assert!(b.pass_token);
         assert!(matches!(c.default_policy, Policy::Authenticated));
+        assert!(
+            matches!(&c.routes[0].policy, Policy::Require { scopes, .. } if scopes == &["orders:read"])
+        );
+    }
+
+    #[test]
+    fn introspection_alone_protects_routes_without_a_provider() {
+        let c = load_str(
+            &format!(
+                "[bearer.introspection]\nendpoint = \"https://idp.example/introspect\"\nclient_id = \"gh\"\nclient_secret = \"s\"\n\
+                 [[routes]]\npath_prefix = \"/api\"\nscopes = [\"orders:read\"]\n{UP}"
+            ),
+            None,
+            &[],
+        )
+        .unwrap();
+        assert!(c.bearer.unwrap().introspection.is_some());
+        assert!(
+            matches!(c.default_policy, Policy::Authenticated),
+            "a gateway that checks tokens must not default to public"
+        );
         assert!(
             matches!(&c.routes[0].policy, Policy::Require { scopes, .. } if scopes == &["orders:read"])
         );

@@ -19,8 +19,8 @@ pub struct World {
     pub provider: Arc<DevProvider>,
     pub app: Upstream,
     pub gw: Gateway,
-    /// The gateway's configuration, for starting a second replica of it.
-    pub config: String,
+    /// The gateway's configuration, for replicas.
+    config: String,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -39,15 +39,25 @@ impl World {
 
     /// The same, with a provider that issues ID tokens with `fault`.
     pub async fn start_with(fault: Option<IdTokenFault>, extra: &str) -> Self {
-        Self::start_full(fault, "", extra).await
+        Self::start_full(fault, "", extra, None).await
+    }
+
+    /// A world whose provider issues access tokens living `ttl`.
+    pub async fn start_with_token_ttl(ttl: std::time::Duration, extra: &str) -> Self {
+        Self::start_full(None, "", extra, Some(ttl)).await
     }
 
     /// A world whose `[server]` table gets `server` lines too (e.g. `trusted_proxies`).
     pub async fn start_with_server(server: &str, extra: &str) -> Self {
-        Self::start_full(None, server, extra).await
+        Self::start_full(None, server, extra, None).await
     }
 
-    async fn start_full(fault: Option<IdTokenFault>, server: &str, extra: &str) -> Self {
+    async fn start_full(
+        fault: Option<IdTokenFault>,
+        server: &str,
+        extra: &str,
+        access_ttl: Option<std::time::Duration>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let issuer = format!("http://{}", listener.local_addr().unwrap());
         let gw_addr = free_addr();
@@ -55,6 +65,9 @@ impl World {
         let mut provider = DevProvider::new(&issuer, &public).unwrap();
         if let Some(fault) = fault {
             provider = provider.with_id_token_fault(fault);
+        }
+        if let Some(ttl) = access_ttl {
+            provider = provider.with_access_token_ttl(ttl);
         }
         let provider = Arc::new(provider);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -98,11 +111,10 @@ impl World {
         }
     }
 
-    /// Another gateway with the same configuration on another port: a second replica behind
-    /// the same public URL (a load balancer in front would send the browser to either).
-    pub fn start_replica(&self) -> Gateway {
+    /// Another gateway process with the same configuration (same secrets, provider and app)
+    /// on its own port: a second replica behind a load balancer.
+    pub fn replica(&self) -> Gateway {
         let listen = format!("listen = \"{}\"", self.gw.addr);
-        assert!(self.config.contains(&listen));
         Gateway::start(&self.config.replace(&listen, "listen = \"127.0.0.1:0\""))
     }
 

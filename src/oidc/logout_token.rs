@@ -1,0 +1,234 @@
+//! Talking to the provider: checking a Logout Token it sends to `/oauth2/backchannel_logout`
+//! (OpenID Connect Back-Channel Logout 1.0 §2.4, §2.6): a JWT signed with the provider's keys,
+//! `iss` exactly the provider, `aud` containing our client id, a recent `iat`, the
+//! back-channel logout event in `events`, a `sid` or `sub`, and no `nonce` (so an ID token can
+//! never pass for one). Replays (`jti`) are the endpoint's business.
+
+use std::str::FromStr;
+
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
+
+use super::id_token::{Claims, decode_object, number};
+use super::jwks::Jwks;
+
+/// The event member §2.4 requires.
+pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// Logout tokens above this are refused before any decoding (rule 32).
+const MAX_BYTES: usize = 16 * 1024;
+/// A logout token older than this (beyond the leeway) is refused: §2.6 item 10 asks for a
+/// reasonable window, and the `jti` memory only has to cover it.
+pub const MAX_AGE_SECS: u64 = 300;
+
+/// Whose sessions to end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogoutRequest {
+    pub sid: Option<String>,
+    pub sub: Option<String>,
+    pub jti: String,
+    /// Until when the `jti` must be remembered (Unix seconds).
+    pub remember_until: u64,
+}
+
+/// What a valid logout token must match.
+pub struct LogoutExpectations<'a> {
+    pub issuer: &'a str,
+    pub client_id: &'a str,
+    pub algorithms: &'a [Algorithm],
+    pub leeway: u64,
+    pub now: u64,
+    pub hmac_secret: Option<&'a [u8]>,
+}
+
+/// Why a logout token was refused (safe to log; never a value from the token).
+pub type LogoutRejected = &'static str;
+
+pub async fn validate_logout_token(
+    raw: &str,
+    jwks: &Jwks,
+    expect: &LogoutExpectations<'_>,
+) -> Result<LogoutRequest, LogoutRejected> {
+    if raw.len() > MAX_BYTES {
+        return Err("too large");
+    }
+    let mut parts = raw.split('.');
+    let (Some(h64), Some(p64), Some(s64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("not a compact JWS");
+    };
+    if h64.is_empty() || p64.is_empty() || s64.is_empty() {
+        return Err("not a compact JWS");
+    }
+    let header = decode_object(h64).map_err(|_| "malformed header")?;
+    let claims = decode_object(p64).map_err(|_| "malformed claims")?;
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .and_then(|a| Algorithm::from_str(a).ok())
+        .filter(|a| expect.algorithms.contains(a))
+        .ok_or("algorithm not allowed")?;
+    if header.contains_key("crit") {
+        return Err("crit header");
+    }
+    // §2.4: `typ` should be `logout+jwt`; when present it must say so (an ID token or access
+    // token is never a logout token).
+    if let Some(typ) = header.get("typ") {
+        let typ = typ.as_str().unwrap_or("");
+        let typ = typ.strip_prefix("application/").unwrap_or(typ);
+        if !typ.eq_ignore_ascii_case("logout+jwt") && !typ.eq_ignore_ascii_case("jwt") {
+            return Err("wrong typ");
+        }
+    }
+    let hmac;
+    let published;
+    let key: &DecodingKey = if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+    {
+        hmac = DecodingKey::from_secret(expect.hmac_secret.ok_or("algorithm not allowed")?);
+        &hmac
+    } else {
+        let found = match header.get("kid") {
+            Some(Value::String(kid)) => jwks.get(kid).await,
+            None => jwks.get_only(alg).await,
+            Some(_) => return Err("malformed header"),
+        };
+        published = found
+            .map_err(|_| "keys unavailable")?
+            .filter(|k| k.accepts(alg))
+            .ok_or("unknown key")?;
+        &published.key
+    };
+    let message = &raw.as_bytes()[..h64.len() + 1 + p64.len()];
+    if !matches!(
+        jsonwebtoken::crypto::verify(s64, message, key, alg),
+        Ok(true)
+    ) {
+        return Err("bad signature");
+    }
+    check_claims(&claims, expect)
+}
+
+fn check_claims(
+    claims: &Claims,
+    expect: &LogoutExpectations<'_>,
+) -> Result<LogoutRequest, LogoutRejected> {
+    if claims.get("iss").and_then(Value::as_str) != Some(expect.issuer) {
+        return Err("wrong issuer");
+    }
+    let aud_ok = match claims.get("aud") {
+        Some(Value::String(a)) => a == expect.client_id,
+        Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(expect.client_id)),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err("wrong audience");
+    }
+    let iat = number(claims, "iat")
+        .map_err(|_| "malformed iat")?
+        .ok_or("missing iat")?;
+    if iat > expect.now.saturating_add(expect.leeway) {
+        return Err("issued in the future");
+    }
+    if iat.saturating_add(MAX_AGE_SECS + expect.leeway) < expect.now {
+        return Err("too old");
+    }
+    if let Some(exp) = number(claims, "exp").map_err(|_| "malformed exp")?
+        && exp.saturating_add(expect.leeway) <= expect.now
+    {
+        return Err("expired");
+    }
+    // §2.4: `events` is a JSON object with the back-channel logout member, itself an object.
+    let event = claims
+        .get("events")
+        .and_then(Value::as_object)
+        .and_then(|e| e.get(BACKCHANNEL_LOGOUT_EVENT));
+    if !event.is_some_and(Value::is_object) {
+        return Err("missing logout event");
+    }
+    // §2.6 item 7: a nonce means this is (or pretends to be) an ID token.
+    if claims.contains_key("nonce") {
+        return Err("nonce present");
+    }
+    let text = |k: &str| {
+        claims
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let (sid, sub) = (text("sid"), text("sub"));
+    if sid.is_none() && sub.is_none() {
+        return Err("neither sid nor sub");
+    }
+    let jti = text("jti").ok_or("missing jti")?;
+    Ok(LogoutRequest {
+        sid,
+        sub,
+        jti,
+        remember_until: iat + MAX_AGE_SECS + 2 * expect.leeway,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn expect() -> LogoutExpectations<'static> {
+        LogoutExpectations {
+            issuer: "https://idp",
+            client_id: "gh",
+            algorithms: &[Algorithm::RS256],
+            leeway: 60,
+            now: 10_000,
+            hmac_secret: None,
+        }
+    }
+
+    fn good() -> Claims {
+        json!({"iss": "https://idp", "aud": "gh", "iat": 10_000, "jti": "j1", "sid": "s1",
+               "events": {BACKCHANNEL_LOGOUT_EVENT: {}}})
+        .as_object()
+        .cloned()
+        .unwrap()
+    }
+
+    #[test]
+    fn the_claims_of_a_logout_token() {
+        let ok = check_claims(&good(), &expect()).unwrap();
+        assert_eq!(ok.sid.as_deref(), Some("s1"));
+        let with = |k: &str, v: Value| {
+            let mut c = good();
+            c.insert(k.into(), v);
+            check_claims(&c, &expect())
+        };
+        let without = |k: &str| {
+            let mut c = good();
+            c.remove(k);
+            check_claims(&c, &expect())
+        };
+        assert_eq!(with("nonce", json!("n")), Err("nonce present"));
+        assert_eq!(
+            with("events", json!({"other": {}})),
+            Err("missing logout event")
+        );
+        assert_eq!(
+            with("events", json!({BACKCHANNEL_LOGOUT_EVENT: "x"})),
+            Err("missing logout event")
+        );
+        assert_eq!(with("aud", json!(["x", "y"])), Err("wrong audience"));
+        assert_eq!(with("iss", json!("https://idp/")), Err("wrong issuer"));
+        assert_eq!(with("iat", json!(10_000 - 400)), Err("too old"));
+        assert_eq!(
+            with("iat", json!(10_000 + 100)),
+            Err("issued in the future")
+        );
+        assert_eq!(without("jti"), Err("missing jti"));
+        assert_eq!(without("events"), Err("missing logout event"));
+        let mut c = good();
+        c.remove("sid");
+        assert_eq!(check_claims(&c, &expect()), Err("neither sid nor sub"));
+        c.insert("sub".into(), json!("alice"));
+        assert!(check_claims(&c, &expect()).is_ok());
+    }
+}
