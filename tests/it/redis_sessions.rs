@@ -172,3 +172,91 @@ async fn redis_down_is_503_then_the_same_session_works_when_it_returns() {
     assert_eq!(world.app.last().header("x-forwarded-user"), Some("alice"));
     world.gw.wait_for_log("Redis is reachable again").await;
 }
+
+/// Refresh with the Redis store: tokens live 3 s and rotate (the development provider revokes
+/// the whole sign-in when a spent refresh token comes back). Requests on two replicas across
+/// the expiry: one refresh in total, every request served, and the session in Redis carries
+/// the new token for both.
+#[tokio::test]
+async fn two_replicas_refresh_a_shared_session_once() {
+    let redis = RedisServer::start();
+    let extra = format!("refresh_before = \"1s\"\n{}", redis_session(&redis));
+    let world = World::start_with_token_ttl(Duration::from_secs(3), &extra).await;
+    let mut browser = world.browser();
+    let (page, _) = world::login(&world, &mut browser, "/", "alice", &["staff"]).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let cookie = cookie_header(&world, &browser);
+    let replica = world.replica();
+    let first = world
+        .app
+        .last()
+        .header("x-forwarded-access-token")
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let gw = if i % 2 == 0 { &world.gw } else { &replica };
+        calls.push(api(gw, "/api/data", &cookie));
+    }
+    for reply in futures_util::future::join_all(calls).await {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        // The cookie never changes with Redis: nothing to set.
+        assert!(reply.headers.get("set-cookie").is_none());
+    }
+    assert_eq!(world.provider.refresh_grant_requests(), 1);
+    let renewed = world
+        .app
+        .last()
+        .header("x-forwarded-access-token")
+        .unwrap()
+        .to_owned();
+    assert_ne!(renewed, first);
+    for gw in [&world.gw, &replica] {
+        assert_eq!(api(gw, "/api/data", &cookie).await.status, 200);
+        assert_eq!(
+            world.app.last().header("x-forwarded-access-token"),
+            Some(renewed.as_str())
+        );
+    }
+    assert_eq!(world.provider.refresh_grant_requests(), 1);
+}
+
+/// Back-channel logout with Redis: the provider calls one replica; the session is gone on both
+/// (the cookie store can only promise the replica that was called).
+#[tokio::test]
+async fn back_channel_logout_on_one_replica_ends_the_session_on_both() {
+    use gatehouse::oidc::logout_token::BACKCHANNEL_LOGOUT_EVENT;
+    let redis = RedisServer::start();
+    let (world, cookie) = logged_in(&redis).await;
+    let replica = world.replica();
+    assert_eq!(api(&replica, "/orders", &cookie).await.status, 200);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": world.provider.issuer(),
+        "aud": "gatehouse",
+        "iat": now,
+        "jti": format!("jti-{}", rand::random::<u64>()),
+        "events": { BACKCHANNEL_LOGOUT_EVENT: {} },
+        "sub": "alice",
+    });
+    let token = world
+        .provider
+        .sign_for_tests(&claims, "logout+jwt")
+        .unwrap();
+    let reply = send(
+        Request::post(world.gw.url("/oauth2/backchannel_logout"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(format!("logout_token={token}"))))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(redis.keys("gatehouse:s:*").is_empty());
+    for gw in [&replica, &world.gw] {
+        assert_eq!(api(gw, "/orders", &cookie).await.status, 401);
+    }
+}
