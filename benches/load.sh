@@ -30,7 +30,7 @@ THREADS=${THREADS:-2}
 NGINX_WORKERS=${NGINX_WORKERS:-2}
 APACHE_PROCS=${APACHE_PROCS:-4}
 APACHE_THREADS=${APACHE_THREADS:-64}
-ALL_TARGETS="direct nginx nginx-token gateway gateway-session gateway-bearer-hot gateway-bearer-10k gateway-bearer-nocache apache-oidc-hot apache-oidc-10k"
+ALL_TARGETS="direct nginx nginx-token gateway gateway-session gateway-session-redis gateway-bearer-hot gateway-bearer-10k gateway-bearer-nocache apache-oidc-hot apache-oidc-10k"
 BASE_TARGETS="base base-session"   # only with BASE_BIN
 BASE_BIN=${BASE_BIN:-}
 if [[ -n $BASE_BIN ]]; then TARGETS=${TARGETS:-$ALL_TARGETS $BASE_TARGETS}; else TARGETS=${TARGETS:-$ALL_TARGETS}; fi
@@ -408,6 +408,16 @@ report() {
             echo "goal $gw >= 5x $ap req/s: $r ($(goal "$r" 5))"
         fi
     done
+    # Goal (issue 13): the session path with the Redis store at >= 0.8x nginx's plain proxy.
+    if [[ -n ${MED_RPS[gateway-session-redis]:-} ]]; then
+        if [[ -n ${MED_RPS[gateway-session]:-} ]]; then
+            echo "gateway-session-redis/gateway-session: req/s $(ratio "${MED_RPS[gateway-session-redis]}" "${MED_RPS[gateway-session]}"), CPU/req (gateway + redis-server) $(ratio "${MED_CPU[gateway-session-redis]}" "${MED_CPU[gateway-session]}")"
+        fi
+        if [[ -n ${MED_RPS[nginx]:-} ]]; then
+            r=$(ratio "${MED_RPS[gateway-session-redis]}" "${MED_RPS[nginx]}")
+            echo "goal gateway-session-redis >= 0.8x nginx req/s: $r ($(goal "$r" 0.8))"
+        fi
+    fi
     for name in "${SCEN_NAMES[@]}"; do
         if [[ -n ${AUTH_CHECKS[$name]:-} ]]; then
             echo "checked before the runs, $name: ${AUTH_CHECKS[$name]}"
@@ -479,12 +489,13 @@ main() {
         python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
     local bin=${GATEHOUSE_BIN:-$TARGET_DIR/release/gatehouse}
     local need_gw=0 need_tokens=0 build=()
-    want gateway gateway-session gateway-bearer-hot gateway-bearer-10k gateway-bearer-nocache && need_gw=1
+    want gateway gateway-session gateway-session-redis gateway-bearer-hot gateway-bearer-10k \
+        gateway-bearer-nocache && need_gw=1
     want nginx-token gateway-bearer-hot gateway-bearer-10k gateway-bearer-nocache apache-oidc-hot \
         apache-oidc-10k && need_tokens=1
     if [[ ${SKIP_BUILD:-0} != 1 ]]; then
         ((need_gw)) && [[ -z ${GATEHOUSE_BIN:-} ]] && build+=(--bin gatehouse)
-        want gateway-session base-session && build+=(--example session_cookie)
+        want gateway-session gateway-session-redis base-session && build+=(--example session_cookie)
         ((need_tokens)) && build+=(--example bearer_tokens)
         if ((${#build[@]})); then
             log "cargo build --release --locked ${build[*]}"
@@ -495,8 +506,8 @@ main() {
     if want base base-session; then [[ -x $BASE_BIN ]] || die "no gateway binary at BASE_BIN=$BASE_BIN"; fi
 
     TMP=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-bench.XXXXXX")
-    local up_port ng_port gw_port base_port gwb_port gwn_port ap_port
-    read -r up_port ng_port gw_port base_port gwb_port gwn_port ap_port < <(free_ports 7)
+    local up_port ng_port gw_port base_port gwb_port gwn_port ap_port gwr_port redis_port
+    read -r up_port ng_port gw_port base_port gwb_port gwn_port ap_port gwr_port redis_port < <(free_ports 9)
 
     # (a) upstream: 2-byte answer, keep-alive.
     nginx_conf upstream "$up_port" "$NGINX_WORKERS" '        location / { return 200 "ok"; }'
@@ -527,7 +538,7 @@ main() {
 
     # (c) the gateway, public route and session cookie; with BASE_BIN, a second gateway binary
     # with the same configuration (and session secret: the same cookies open on both).
-    if want gateway gateway-session base base-session; then
+    if want gateway gateway-session gateway-session-redis base base-session; then
         # "/" is public (the plain proxy path); "/app/" needs a session. The provider is never
         # called on the session-cookie path, so a loopback issuer that does not answer will do.
         cat >"$TMP/gatehouse.toml" <<TOML
@@ -566,6 +577,28 @@ TOML
             else
                 want gateway && SKIPPED+=(gateway)
                 want gateway-session && SKIPPED+=(gateway-session)
+            fi
+        fi
+        # The same gateway with sessions in a local redis-server (no persistence): the cookie
+        # carries a sealed id, every request reads the session from Redis.
+        if want gateway-session-redis; then
+            need_apt redis-server redis-server
+            redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+                --dir "$TMP" --logfile "$TMP/redis.log" </dev/null >/dev/null 2>&1 &
+            CHILD_PIDS+=("$!")
+            log "redis-server 127.0.0.1:$redis_port (pid $!)"
+            local redis_pid=$!
+            sed -e "s/127\.0\.0\.1:$gw_port\b/127.0.0.1:$gwr_port/g" \
+                -e "s|^\[session\]\$|[session]\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:$redis_port\"|" \
+                "$TMP/gatehouse.toml" >"$TMP/gatehouse-redis.toml"
+            local gwr_pid
+            if wait_redis "$redis_port" &&
+                start_gateway gateway-session-redis "$bin" "$TMP/gatehouse-redis.toml" "$gwr_port"; then
+                gwr_pid=$STARTED_PID
+                SESSION_CONFIG=$TMP/gatehouse-redis.toml \
+                    measure_session gateway-session-redis "$gwr_port" "$gwr_pid $redis_pid"
+            else
+                SKIPPED+=(gateway-session-redis)
             fi
         fi
         if want base base-session; then
@@ -883,6 +916,9 @@ CONF
 # its start (-s cookie-NAME.lua).
 measure_session() {
     local name=$1 port=$2 pid=$3 url="http://127.0.0.1:$2/app/" with without
+    # Which configuration seals the cookies (and, with store = "redis", where the session goes).
+    local config=${SESSION_CONFIG:-$TMP/gatehouse.toml}
+    echo "$config" >"$TMP/config-$name"
     if ! fresh_cookie "$name" "" check; then
         log "!!! could not make a session cookie; $name not measured"
         SKIPPED+=("$name")
@@ -915,11 +951,22 @@ LUA
 # shows that each run got its own.
 fresh_cookie() {
     local name=$1 file=$TMP/cookie-$1 sum
-    session_cookie "$TMP/gatehouse.toml" >"$file.new" || return 1
+    local config=$TMP/gatehouse.toml
+    [[ -s $TMP/config-$name ]] && config=$(<"$TMP/config-$name")
+    session_cookie "$config" >"$file.new" || return 1
     [[ -s $file.new ]] || return 1
     mv -f "$file.new" "$file"
     sum=$(cksum <"$file")
     log "$name${2:+ run $2} ($3): fresh session cookie, cksum ${sum%% *}"
+}
+
+# wait_redis PORT: until redis-server answers PING (10 s at most).
+wait_redis() {
+    local deadline=$((SECONDS + 10))
+    until [[ $(redis-cli -p "$1" ping 2>/dev/null) == PONG ]]; do
+        ((SECONDS < deadline)) || { log "!!! redis-server on port $1 not answering"; return 1; }
+        sleep 0.1
+    done
 }
 
 # session_cookie CONFIG: a valid session Cookie header value for CONFIG's [session], sealed by

@@ -1,11 +1,13 @@
 //! Prints a valid session `Cookie` header value for the `[session]` of a configuration file:
 //! `cargo run --release --example session_cookie -- gatehouse.toml`. The load benchmark uses it
 //! to measure the session-cookie path without driving a browser login. It holds no secret of
-//! its own: whoever can read the session secret can seal sessions anyway.
+//! its own: whoever can read the session secret can seal sessions anyway. The session goes
+//! through the configured store, so with `store = "redis"` it is written to that Redis and the
+//! cookie carries its id.
 
 use std::process::ExitCode;
 
-use gatehouse::session::{Session, SessionCookies};
+use gatehouse::session::{Session, SessionStore};
 use http::HeaderMap;
 
 fn main() -> ExitCode {
@@ -35,8 +37,22 @@ fn main() -> ExitCode {
     session.groups = ["staff", "developers", "readers", "ops", "billing"]
         .map(str::to_owned)
         .to_vec();
-    let cookies =
-        SessionCookies::new(session_config).and_then(|c| c.store(&session, &HeaderMap::new()));
+    // A session id as a login makes one (256 random bits).
+    session.id = gatehouse::oidc::random_token(32);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("no runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cookies = runtime.block_on(async {
+        let store = SessionStore::new(session_config, Default::default())?;
+        store.create(&session, &HeaderMap::new()).await
+    });
     match cookies {
         Ok(set_cookies) => {
             let pairs: Vec<String> = set_cookies
