@@ -6,12 +6,15 @@
 #   benches/load.sh                         # 10 s per measured run, 3 interleaved repeats
 #   DURATION=3 REPEAT=1 benches/load.sh     # quick look
 #   TARGETS="nginx gateway-bearer-hot apache-oidc-hot" benches/load.sh   # some targets only
+#   BASE_BIN=/path/to/gatehouse-of-main benches/load.sh   # before/after: adds base, base-session
 #
 # Environment: DURATION (s, default 10), WARMUP (s, default 2), REPEAT (default 3), CONNS (64),
-# THREADS (2), TARGETS (space-separated, default all: $ALL_TARGETS below), SKIP_BUILD=1 (use
-# existing binaries), GATEHOUSE_BIN (binary path; default <cargo target dir>/release/gatehouse),
-# CARGO_TARGET_DIR (as cargo), NGINX_WORKERS (2), APACHE_PROCS (4), APACHE_THREADS (64: threads
-# per Apache process).
+# THREADS (2), TARGETS (space-separated, default all: $ALL_TARGETS below, plus $BASE_TARGETS
+# when BASE_BIN is set), SKIP_BUILD=1 (use existing binaries), GATEHOUSE_BIN (binary path;
+# default <cargo target dir>/release/gatehouse), BASE_BIN (optional: a second gateway binary,
+# e.g. a build of main, measured in the same run with the same configuration as targets `base`
+# and `base-session`), CARGO_TARGET_DIR (as cargo), NGINX_WORKERS (2), APACHE_PROCS (4),
+# APACHE_THREADS (64: threads per Apache process).
 #
 # More scenarios: one `measure NAME URL PIDS [wrk args...]` call each in main() below, e.g.
 #   measure gateway-bearer "http://127.0.0.1:$GW_PORT/" "$GW_PID" -H "Authorization: Bearer $TOKEN"
@@ -27,8 +30,10 @@ THREADS=${THREADS:-2}
 NGINX_WORKERS=${NGINX_WORKERS:-2}
 APACHE_PROCS=${APACHE_PROCS:-4}
 APACHE_THREADS=${APACHE_THREADS:-64}
-ALL_TARGETS="direct nginx nginx-token gateway gateway-session gateway-bearer-hot gateway-bearer-10k gateway-bearer-nocache apache-oidc-hot apache-oidc-10k"
-TARGETS=${TARGETS:-$ALL_TARGETS}
+ALL_TARGETS="direct nginx nginx-token gateway gateway-session gateway-bearer-hot gateway-bearer-10k gateway-bearer-nocache gateway-upstream-token apache-oidc-hot apache-oidc-10k"
+BASE_TARGETS="base base-session"   # only with BASE_BIN
+BASE_BIN=${BASE_BIN:-}
+if [[ -n $BASE_BIN ]]; then TARGETS=${TARGETS:-$ALL_TARGETS $BASE_TARGETS}; else TARGETS=${TARGETS:-$ALL_TARGETS}; fi
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -59,7 +64,7 @@ need_apt() {
 TMP=""
 NGINX_PIDFILES=()   # nginx instances: stopped through their pid files
 APACHE_PIDFILES=()  # Apache instances: stopped through their pid files
-CHILD_PIDS=()       # other servers we started (gateways, the token issuer)
+CHILD_PIDS=()       # other servers we started (gateways, the base gateway, the token issuer)
 WRK_PID=""          # the running load generator (its `timeout` wrapper)
 
 # pid_alive PID: true while PID runs (a zombie, not yet reaped by init, counts as gone).
@@ -220,12 +225,16 @@ SCEN_NAMES=()
 SCEN_URLS=()
 SCEN_PIDS=()
 SCEN_ARGS=()        # wrk args of each scenario, shell-quoted (printf %q)
+SCEN_PREP=()        # a command run before each wrk run of the scenario, shell-quoted (may be empty)
 
 # measure NAME URL PIDS [wrk args...]: registers a target; run_all measures all of them,
-# interleaved, REPEAT times each.
+# interleaved, REPEAT times each. PREP (environment, optional): a command, shell-quoted, run
+# before each wrk run of the target (the warm-up and the measured run), with the round and
+# "warm-up" or "measured" as two more arguments; when it fails, that round is skipped.
 measure() {
     local name=$1 url=$2 pids=$3
     shift 3
+    SCEN_PREP+=("${PREP:-}")
     SCEN_NAMES+=("$name")
     SCEN_URLS+=("$url")
     SCEN_PIDS+=("$pids")
@@ -248,14 +257,23 @@ run_wrk() {
 measure_once() {
     local i=$1 round=$2
     local name=${SCEN_NAMES[$i]} url=${SCEN_URLS[$i]} out=$TMP/wrk-${SCEN_NAMES[$i]}-$2.txt
-    local -a pids wargs
+    local -a pids wargs prep
     read -ra pids <<<"${SCEN_PIDS[$i]}"
     eval "wargs=(${SCEN_ARGS[$i]})"
+    eval "prep=(${SCEN_PREP[$i]})"
     local pid
     for pid in "${pids[@]}"; do
         pid_alive "$pid" || { log "!!! $name: server pid $pid is gone; skipping run $round"; return 0; }
     done
+    if ((${#prep[@]})) && ! "${prep[@]}" "$round" warm-up; then
+        log "!!! $name: preparing run $round (warm-up) failed; skipping it"
+        return 0
+    fi
     run_wrk /dev/null -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "${wargs[@]}" "$url"
+    if ((${#prep[@]})) && ! "${prep[@]}" "$round" measured; then
+        log "!!! $name: preparing run $round failed; skipping it"
+        return 0
+    fi
     local t0 t1
     t0=$(cpu_ticks "${pids[@]}")
     run_wrk "$out" -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "${wargs[@]}" "$url"
@@ -343,6 +361,9 @@ report() {
     echo
     for name in "${SCEN_NAMES[@]}"; do
         [[ $name == direct || $name == nginx ]] && continue
+        if [[ $name == *-session && -n ${MED_RPS[${name%-session}]:-} ]]; then
+            echo "$name/${name%-session}: req/s $(ratio "${MED_RPS[$name]}" "${MED_RPS[${name%-session}]}"), CPU/req $(ratio "${MED_CPU[$name]}" "${MED_CPU[${name%-session}]}")"
+        fi
         if [[ $name == gateway-bearer-* && -n ${MED_RPS[nginx-token]:-} ]]; then
             echo "$name/nginx-token:  req/s $(ratio "${MED_RPS[$name]}" "${MED_RPS[nginx-token]}"), CPU/req $(ratio "${MED_CPU[$name]}" "${MED_CPU[nginx-token]}"), p99 $(ratio "${MED_P99[$name]}" "${MED_P99[nginx-token]}")"
         fi
@@ -356,8 +377,15 @@ report() {
     if [[ -n ${MED_RPS[nginx]:-} && -n ${MED_RPS[direct]:-} ]]; then
         echo "nginx/direct: req/s $(ratio "${MED_RPS[nginx]}" "${MED_RPS[direct]}"), CPU/req $(ratio "${MED_CPU[nginx]}" "${MED_CPU[direct]}")"
     fi
-    # Bearer tokens: the gateway against mod_auth_openidc checking the same tokens.
     local kind gw ap pair
+    # Before/after (BASE_BIN): this build against the base binary, same configuration.
+    for pair in gateway:base gateway-session:base-session; do
+        gw=${pair%:*} ap=${pair#*:}
+        if [[ -n ${MED_RPS[$gw]:-} && -n ${MED_RPS[$ap]:-} ]]; then
+            echo "$gw/$ap (this build/BASE_BIN): req/s $(ratio "${MED_RPS[$gw]}" "${MED_RPS[$ap]}"), CPU/req $(ratio "${MED_CPU[$gw]}" "${MED_CPU[$ap]}"), p99 $(ratio "${MED_P99[$gw]}" "${MED_P99[$ap]}")"
+        fi
+    done
+    # Bearer tokens: the gateway against mod_auth_openidc checking the same tokens.
     for pair in gateway-bearer-hot:apache-oidc-hot gateway-bearer-10k:apache-oidc-10k \
         gateway-bearer-nocache:apache-oidc-10k; do
         gw=${pair%:*} ap=${pair#*:}
@@ -427,7 +455,10 @@ want() {
 main() {
     local t
     for t in $TARGETS; do
-        [[ " $ALL_TARGETS " == *" $t "* ]] || die "unknown target '$t' in TARGETS (known: $ALL_TARGETS)"
+        [[ " $ALL_TARGETS $BASE_TARGETS " == *" $t "* ]] ||
+            die "unknown target '$t' in TARGETS (known: $ALL_TARGETS $BASE_TARGETS)"
+        [[ " $BASE_TARGETS " == *" $t "* && -z $BASE_BIN ]] &&
+            die "target '$t' needs BASE_BIN=PATH (a second gateway binary)"
         WANTED[$t]=1
     done
     ((${#WANTED[@]})) || die "TARGETS is empty"
@@ -448,12 +479,13 @@ main() {
         python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
     local bin=${GATEHOUSE_BIN:-$TARGET_DIR/release/gatehouse}
     local need_gw=0 need_tokens=0 build=()
-    want gateway gateway-session gateway-bearer-hot gateway-bearer-10k gateway-bearer-nocache && need_gw=1
+    want gateway gateway-session gateway-bearer-hot gateway-bearer-10k gateway-bearer-nocache \
+        gateway-upstream-token && need_gw=1
     want nginx-token gateway-bearer-hot gateway-bearer-10k gateway-bearer-nocache apache-oidc-hot \
-        apache-oidc-10k && need_tokens=1
+        apache-oidc-10k gateway-upstream-token && need_tokens=1
     if [[ ${SKIP_BUILD:-0} != 1 ]]; then
         ((need_gw)) && [[ -z ${GATEHOUSE_BIN:-} ]] && build+=(--bin gatehouse)
-        want gateway-session && build+=(--example session_cookie)
+        want gateway-session base-session && build+=(--example session_cookie)
         ((need_tokens)) && build+=(--example bearer_tokens)
         if ((${#build[@]})); then
             log "cargo build --release --locked ${build[*]}"
@@ -461,10 +493,11 @@ main() {
         fi
     fi
     if ((need_gw)); then [[ -x $bin ]] || die "no gateway binary at $bin"; fi
+    if want base base-session; then [[ -x $BASE_BIN ]] || die "no gateway binary at BASE_BIN=$BASE_BIN"; fi
 
     TMP=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-bench.XXXXXX")
-    local up_port ng_port gw_port gwb_port gwn_port ap_port
-    read -r up_port ng_port gw_port gwb_port gwn_port ap_port < <(free_ports 6)
+    local up_port ng_port gw_port base_port gwb_port gwn_port ap_port gwu_port
+    read -r up_port ng_port gw_port base_port gwb_port gwn_port ap_port gwu_port < <(free_ports 8)
 
     # (a) upstream: 2-byte answer, keep-alive.
     nginx_conf upstream "$up_port" "$NGINX_WORKERS" '        location / { return 200 "ok"; }'
@@ -493,8 +526,9 @@ main() {
         want nginx && measure nginx "http://127.0.0.1:$ng_port/" "$ng_pid"
     fi
 
-    # (c) the gateway, public route and session cookie.
-    if want gateway gateway-session; then
+    # (c) the gateway, public route and session cookie; with BASE_BIN, a second gateway binary
+    # with the same configuration (and session secret: the same cookies open on both).
+    if want gateway gateway-session base base-session; then
         # "/" is public (the plain proxy path); "/app/" needs a session. The provider is never
         # called on the session-cookie path, so a loopback issuer that does not answer will do.
         cat >"$TMP/gatehouse.toml" <<TOML
@@ -525,21 +559,27 @@ policy = "authenticated"
 url = "http://127.0.0.1:$up_port"
 TOML
         local gw_pid
-        if start_gateway gateway "$bin" "$TMP/gatehouse.toml" "$gw_port"; then
-            gw_pid=$STARTED_PID
-            want gateway && measure gateway "http://127.0.0.1:$gw_port/" "$gw_pid"
-            if want gateway-session; then
-                local cookie
-                if cookie=$(session_cookie "$TMP/gatehouse.toml"); then
-                    measure gateway-session "http://127.0.0.1:$gw_port/app/" "$gw_pid" -H "Cookie: $cookie"
-                else
-                    log "!!! could not make a session cookie; gateway-session not measured"
-                    SKIPPED+=(gateway-session)
-                fi
+        if want gateway gateway-session; then
+            if start_gateway gateway "$bin" "$TMP/gatehouse.toml" "$gw_port"; then
+                gw_pid=$STARTED_PID
+                want gateway && measure gateway "http://127.0.0.1:$gw_port/" "$gw_pid"
+                want gateway-session && measure_session gateway-session "$gw_port" "$gw_pid"
+            else
+                want gateway && SKIPPED+=(gateway)
+                want gateway-session && SKIPPED+=(gateway-session)
             fi
-        else
-            want gateway && SKIPPED+=(gateway)
-            want gateway-session && SKIPPED+=(gateway-session)
+        fi
+        if want base base-session; then
+            sed "s/127\.0\.0\.1:$gw_port\b/127.0.0.1:$base_port/g" "$TMP/gatehouse.toml" >"$TMP/base.toml"
+            local base_pid
+            if start_gateway base "$BASE_BIN" "$TMP/base.toml" "$base_port"; then
+                base_pid=$STARTED_PID
+                want base && measure base "http://127.0.0.1:$base_port/" "$base_pid"
+                want base-session && measure_session base-session "$base_port" "$base_pid"
+            else
+                want base && SKIPPED+=(base)
+                want base-session && SKIPPED+=(base-session)
+            fi
         fi
     fi
 
@@ -583,6 +623,34 @@ TOML
             measure gateway-bearer-nocache "http://127.0.0.1:$gwn_port/" "$gwn_pid" -s "$TMP/rotate.lua"
         else
             SKIPPED+=(gateway-bearer-nocache)
+        fi
+    fi
+
+    # (e'') the gateway as an OAuth client toward a protected upstream ([upstreams.client]): a
+    # public route, and the gateway's own client-credentials token (from the stand-in issuer's
+    # /token, once) set as Authorization on every forwarded request.
+    if want gateway-upstream-token; then
+        cat >"$TMP/gatehouse-upstream-token.toml" <<TOML
+[server]
+listen = "127.0.0.1:$gwu_port"
+
+[log]
+access_log = false
+level = "error"
+
+[[upstreams]]
+url = "http://127.0.0.1:$up_port"
+[upstreams.client]
+token_endpoint = "$ISSUER/token"
+client_id = "bench"
+client_secret = "bench-secret"
+TOML
+        local gwu_pid
+        if start_gateway gateway-upstream-token "$bin" "$TMP/gatehouse-upstream-token.toml" "$gwu_port"; then
+            gwu_pid=$STARTED_PID
+            measure gateway-upstream-token "http://127.0.0.1:$gwu_port/" "$gwu_pid"
+        else
+            SKIPPED+=(gateway-upstream-token)
         fi
     fi
 
@@ -834,6 +902,53 @@ CONF
     fi
     log "apache-oidc 127.0.0.1:$port (pid $pid, $APACHE_PROCS processes x $APACHE_THREADS threads)"
     STARTED_PID=$pid
+}
+
+# measure_session NAME PORT PID: a session-cookie target, GET /app/ (policy "authenticated").
+# A browser stores the refreshed cookie the gateway sends (Set-Cookie) once a cookie is older
+# than a minute; wrk cannot, so a cookie made once at start would be stale after 60 s and every
+# later run would measure re-sealing on every request instead. So a fresh cookie is made before
+# each wrk run (warm-up and measured run: fresh_cookie, as PREP) and read by wrk from a file at
+# its start (-s cookie-NAME.lua).
+measure_session() {
+    local name=$1 port=$2 pid=$3 url="http://127.0.0.1:$2/app/" with without
+    if ! fresh_cookie "$name" "" check; then
+        log "!!! could not make a session cookie; $name not measured"
+        SKIPPED+=("$name")
+        return 0
+    fi
+    # wrk counts only statuses >= 400 as errors: a redirect to the login (the cookie refused)
+    # would pass unnoticed. So: 2xx with the cookie, and not without, before measuring.
+    with=$(http_code "$url" -H "Cookie: $(<"$TMP/cookie-$name")")
+    without=$(http_code "$url")
+    if [[ $with != 2* || $without == 2* ]]; then
+        log "!!! $name: GET /app/ answers $with with a fresh session cookie and $without without; not measured"
+        SKIPPED+=("$name")
+        return 0
+    fi
+    log "$name: GET /app/ answers $with with a fresh session cookie, $without without"
+    cat >"$TMP/cookie-$name.lua" <<LUA
+-- Each wrk thread reads the cookie made just before this wrk run.
+init = function(args)
+    local f = assert(io.open("$TMP/cookie-$name", "r"))
+    wrk.headers["Cookie"] = f:read("*l")
+    f:close()
+end
+LUA
+    PREP="$(printf '%q ' fresh_cookie "$name")" \
+        measure "$name" "http://127.0.0.1:$port/app/" "$pid" -s "$TMP/cookie-$name.lua"
+}
+
+# fresh_cookie NAME ROUND PHASE: seals a new session cookie (for $TMP/gatehouse.toml's secret,
+# shared by the base gateway) into $TMP/cookie-NAME and logs a fingerprint of it, so the log
+# shows that each run got its own.
+fresh_cookie() {
+    local name=$1 file=$TMP/cookie-$1 sum
+    session_cookie "$TMP/gatehouse.toml" >"$file.new" || return 1
+    [[ -s $file.new ]] || return 1
+    mv -f "$file.new" "$file"
+    sum=$(cksum <"$file")
+    log "$name${2:+ run $2} ($3): fresh session cookie, cksum ${sum%% *}"
 }
 
 # session_cookie CONFIG: a valid session Cookie header value for CONFIG's [session], sealed by

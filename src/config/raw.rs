@@ -164,31 +164,24 @@ pub struct RawClientAuth<'a> {
     pub private_key_id: &'a Option<String>,
 }
 
-impl RawProvider {
-    pub fn client_auth_keys(&self) -> RawClientAuth<'_> {
-        RawClientAuth {
-            client_secret: &self.client_secret,
-            client_secret_file: &self.client_secret_file,
-            client_auth: &self.client_auth,
-            private_key_file: &self.private_key_file,
-            private_key_alg: &self.private_key_alg,
-            private_key_id: &self.private_key_id,
+/// Both tables spell client authentication the same way.
+macro_rules! client_auth_keys {
+    ($($table:ty),+) => {$(
+        impl $table {
+            pub fn client_auth_keys(&self) -> RawClientAuth<'_> {
+                RawClientAuth {
+                    client_secret: &self.client_secret,
+                    client_secret_file: &self.client_secret_file,
+                    client_auth: &self.client_auth,
+                    private_key_file: &self.private_key_file,
+                    private_key_alg: &self.private_key_alg,
+                    private_key_id: &self.private_key_id,
+                }
+            }
         }
-    }
+    )+};
 }
-
-impl RawUpstreamClient {
-    pub fn client_auth_keys(&self) -> RawClientAuth<'_> {
-        RawClientAuth {
-            client_secret: &self.client_secret,
-            client_secret_file: &self.client_secret_file,
-            client_auth: &self.client_auth,
-            private_key_file: &self.private_key_file,
-            private_key_alg: &self.private_key_alg,
-            private_key_id: &self.private_key_id,
-        }
-    }
-}
+client_auth_keys!(RawProvider, RawUpstreamClient);
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

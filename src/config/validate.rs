@@ -894,6 +894,26 @@ impl Ctx<'_> {
         })
     }
 
+    /// A required key whose value must not be blank.
+    fn required_text(
+        &mut self,
+        table: &KeyPath,
+        key: &str,
+        value: Option<String>,
+    ) -> Option<String> {
+        match value {
+            Some(v) if !v.trim().is_empty() => Some(v),
+            Some(_) => {
+                self.problem(&table.key(key), "must not be empty");
+                None
+            }
+            None => {
+                self.problem(&table.key(key), format!("missing required key `{key}`"));
+                None
+            }
+        }
+    }
+
     /// A secret given either inline as `<key>` or as a path in `<key>_file` (read, trimmed),
     /// exactly one of them. `table` is the table holding both keys. Later sections
     /// (`client_secret`, cookie secrets) use this so the rule is the same everywhere.
@@ -958,17 +978,7 @@ impl Ctx<'_> {
             }
             Some(s) => self.provider_url(&p.key("issuer"), &s, false),
         };
-        let client_id = match raw.client_id {
-            Some(id) if !id.trim().is_empty() => Some(id),
-            Some(_) => {
-                self.problem(&p.key("client_id"), "must not be empty");
-                None
-            }
-            None => {
-                self.problem(&p.key("client_id"), "missing required key `client_id`");
-                None
-            }
-        };
+        let client_id = self.required_text(&p, "client_id", raw.client_id);
         let has_secret = matches!(
             client_auth,
             Some(ClientAuth::SecretBasic(_) | ClientAuth::SecretPost(_))
@@ -1350,7 +1360,25 @@ impl Ctx<'_> {
         raw: Option<Vec<String>>,
         has_secret: bool,
     ) -> Vec<Algorithm> {
-        let path = p.key("id_token_algorithms");
+        self.algorithm_list(
+            &p.key("id_token_algorithms"),
+            raw,
+            has_secret
+                .then_some(())
+                .ok_or("a client secret (client_secret or client_secret_file) to verify with"),
+            "ID token",
+        )
+    }
+
+    /// An algorithm allow-list: default RS256, ES256, PS256, EdDSA; never `none`; HMAC only
+    /// when `secret` is `Ok` (its `Err` says what HMAC would need).
+    fn algorithm_list(
+        &mut self,
+        path: &KeyPath,
+        raw: Option<Vec<String>>,
+        secret: Result<(), &str>,
+        what: &str,
+    ) -> Vec<Algorithm> {
         let Some(names) = raw else {
             return vec![
                 Algorithm::RS256,
@@ -1360,7 +1388,7 @@ impl Ctx<'_> {
             ];
         };
         if names.is_empty() {
-            self.problem(&path, "must not be empty");
+            self.problem(path, "must not be empty");
         }
         let mut out = Vec::new();
         for (i, name) in names.iter().enumerate() {
@@ -1368,21 +1396,20 @@ impl Ctx<'_> {
             if name.eq_ignore_ascii_case("none") {
                 self.problem(
                     &path,
-                    "`none` is never accepted: an unsigned ID token proves nothing",
+                    format!("`none` is never accepted: an unsigned {what} proves nothing"),
                 );
                 continue;
             }
-            match name.parse::<Algorithm>() {
-                Ok(a) if a.family() == AlgorithmFamily::Hmac && !has_secret => self.problem(
-                    &path,
-                    format!("`{name}` needs a client secret (client_secret or client_secret_file) to verify with"),
-                ),
-                Ok(a) => {
+            match (name.parse::<Algorithm>(), secret) {
+                (Ok(a), Err(needs)) if a.family() == AlgorithmFamily::Hmac => {
+                    self.problem(&path, format!("`{name}` needs {needs}"));
+                }
+                (Ok(a), _) => {
                     if !out.contains(&a) {
                         out.push(a);
                     }
                 }
-                Err(_) => self.problem(
+                (Err(_), _) => self.problem(
                     &path,
                     format!("`{name}` is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512"),
                 ),

@@ -255,6 +255,19 @@ impl Provider {
         self.token_call(&metadata).refresh(refresh_token).await
     }
 
+    /// The client secret, the only key `HS*` tokens from the provider verify with (OIDC Core
+    /// §10.1), when HMAC is allowed at all.
+    fn hmac_secret(&self) -> Option<&[u8]> {
+        match &self.config.client_auth {
+            ClientAuth::SecretBasic(s) | ClientAuth::SecretPost(s)
+                if self.config.id_token_algorithms.iter().any(is_hmac) =>
+            {
+                Some(s.expose().as_bytes())
+            }
+            _ => None,
+        }
+    }
+
     /// Validates an ID token against the configuration, the provider's keys and `nonce`.
     pub async fn validate_id_token(
         &self,
@@ -262,14 +275,7 @@ impl Provider {
         nonce: Option<&str>,
     ) -> Result<Claims, IdTokenRejected> {
         let issuer = self.issuer();
-        let hmac_secret = match &self.config.client_auth {
-            ClientAuth::SecretBasic(s) | ClientAuth::SecretPost(s)
-                if self.config.id_token_algorithms.iter().any(is_hmac) =>
-            {
-                Some(s.expose().as_bytes())
-            }
-            _ => None,
-        };
+        let hmac_secret = self.hmac_secret();
         let expect = Expectations {
             issuer: &issuer,
             client_id: &self.config.client_id,
@@ -288,14 +294,7 @@ impl Provider {
         raw: &str,
     ) -> Result<logout_token::LogoutRequest, logout_token::LogoutRejected> {
         let issuer = self.issuer();
-        let hmac_secret = match &self.config.client_auth {
-            ClientAuth::SecretBasic(s) | ClientAuth::SecretPost(s)
-                if self.config.id_token_algorithms.iter().any(is_hmac) =>
-            {
-                Some(s.expose().as_bytes())
-            }
-            _ => None,
-        };
+        let hmac_secret = self.hmac_secret();
         let expect = logout_token::LogoutExpectations {
             issuer: &issuer,
             client_id: &self.config.client_id,

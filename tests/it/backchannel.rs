@@ -186,3 +186,46 @@ async fn replayed_forged_and_misdirected_logout_tokens_change_nothing() {
     );
     assert!(!still_in(&world, &mut alice).await);
 }
+
+#[tokio::test]
+async fn with_the_cookie_store_a_logout_reaches_only_the_replica_the_provider_called() {
+    // What back-channel logout cannot do without a server-side store: the session lives in
+    // the browser, and only the replica that received the logout remembers it. The Redis store
+    // ends the session itself, on every replica.
+    let world = World::start("").await;
+    let replica = world.replica();
+    let browser = signed_in(&world, "alice").await;
+    let cookie = browser
+        .cookies(&world.gw.addr.to_string())
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let api = |url: String| {
+        let cookie = cookie.clone();
+        async move {
+            send(
+                Request::get(url)
+                    .header("cookie", cookie)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(
+        api(replica.url("/data")).await,
+        200,
+        "replicas share sessions"
+    );
+    let sid = world.provider.sids_of("alice").pop().unwrap();
+    assert_eq!(
+        logout_with(&world, &claims(&world, Some(&sid), None))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(api(world.gw.url("/data")).await, 401);
+    assert_eq!(api(replica.url("/data")).await, 200);
+}

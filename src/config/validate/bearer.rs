@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use http::HeaderName;
-use jsonwebtoken::{Algorithm, AlgorithmFamily};
+use jsonwebtoken::Algorithm;
 use toml_edit::{Array, ArrayOfTables, Item, Table, value};
 use url::Url;
 
@@ -15,13 +15,6 @@ use crate::config::{
     BearerConfig, ClientAuth, Config, IntrospectionConfig, IssuerConfig, IssuerKeys,
     PasswordBridgeConfig, ProviderConfig,
 };
-
-const DEFAULT_ALGORITHMS: [Algorithm; 4] = [
-    Algorithm::RS256,
-    Algorithm::ES256,
-    Algorithm::PS256,
-    Algorithm::EdDSA,
-];
 
 /// Tokens above this are never reasonable; the configurable limit stays under it.
 const MAX_TOKEN_BYTES_LIMIT: usize = 64 * 1024;
@@ -260,40 +253,14 @@ impl Ctx<'_> {
         raw: Option<Vec<String>>,
         has_secret: bool,
     ) -> Vec<Algorithm> {
-        let path = p.key("algorithms");
-        let Some(names) = raw else {
-            return DEFAULT_ALGORITHMS.to_vec();
-        };
-        if names.is_empty() {
-            self.problem(&path, "must not be empty");
-        }
-        let mut out = Vec::new();
-        for (i, name) in names.iter().enumerate() {
-            let path = path.index(i);
-            if name.eq_ignore_ascii_case("none") {
-                self.problem(
-                    &path,
-                    "`none` is never accepted: an unsigned token proves nothing",
-                );
-                continue;
-            }
-            match name.parse::<Algorithm>() {
-                Ok(a) if a.family() == AlgorithmFamily::Hmac && !has_secret => self.problem(
-                    &path,
-                    format!("`{name}` needs a shared secret (`hmac_secret` or `hmac_secret_file`; for the provider, its client secret)"),
-                ),
-                Ok(a) => {
-                    if !out.contains(&a) {
-                        out.push(a);
-                    }
-                }
-                Err(_) => self.problem(
-                    &path,
-                    format!("`{name}` is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512"),
-                ),
-            }
-        }
-        out
+        self.algorithm_list(
+            &p.key("algorithms"),
+            raw,
+            has_secret.then_some(()).ok_or(
+                "a shared secret (`hmac_secret` or `hmac_secret_file`; for the provider, its client secret)",
+            ),
+            "token",
+        )
     }
 
     fn introspection(

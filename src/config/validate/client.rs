@@ -26,17 +26,7 @@ impl Ctx<'_> {
                 None
             }
         };
-        let client_id = match &raw.client_id {
-            Some(id) if !id.trim().is_empty() => Some(id.clone()),
-            Some(_) => {
-                self.problem(&p.key("client_id"), "must not be empty");
-                None
-            }
-            None => {
-                self.problem(&p.key("client_id"), "missing required key `client_id`");
-                None
-            }
-        };
+        let client_id = self.required_text(p, "client_id", raw.client_id.clone());
         let client_auth = self.client_auth(p, &raw.client_auth_keys());
         let scopes = raw.scopes.clone().unwrap_or_default();
         for (i, s) in scopes.iter().enumerate() {

@@ -19,6 +19,8 @@ pub struct World {
     pub provider: Arc<DevProvider>,
     pub app: Upstream,
     pub gw: Gateway,
+    /// The gateway's configuration, for replicas.
+    config: String,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -87,6 +89,7 @@ impl World {
             provider,
             app,
             gw,
+            config,
             _stop: stop,
         };
         world.wait_ready().await;
@@ -106,6 +109,13 @@ impl World {
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+
+    /// Another gateway process with the same configuration (same secrets, provider and app)
+    /// on its own port: a second replica behind a load balancer.
+    pub fn replica(&self) -> Gateway {
+        let listen = format!("listen = \"{}\"", self.gw.addr);
+        Gateway::start(&self.config.replace(&listen, "listen = \"127.0.0.1:0\""))
     }
 
     pub fn browser(&self) -> Browser {
