@@ -30,7 +30,7 @@ THREADS=${THREADS:-2}
 NGINX_WORKERS=${NGINX_WORKERS:-2}
 APACHE_PROCS=${APACHE_PROCS:-4}
 APACHE_THREADS=${APACHE_THREADS:-64}
-ALL_TARGETS="direct nginx nginx-token gateway gateway-session gateway-session-redis gateway-bearer-hot gateway-bearer-10k gateway-bearer-nocache apache-oidc-hot apache-oidc-10k"
+ALL_TARGETS="direct nginx nginx-token gateway gateway-session gateway-session-redis gateway-bearer-hot gateway-bearer-10k gateway-bearer-nocache gateway-upstream-token apache-oidc-hot apache-oidc-10k"
 BASE_TARGETS="base base-session"   # only with BASE_BIN
 BASE_BIN=${BASE_BIN:-}
 if [[ -n $BASE_BIN ]]; then TARGETS=${TARGETS:-$ALL_TARGETS $BASE_TARGETS}; else TARGETS=${TARGETS:-$ALL_TARGETS}; fi
@@ -490,9 +490,9 @@ main() {
     local bin=${GATEHOUSE_BIN:-$TARGET_DIR/release/gatehouse}
     local need_gw=0 need_tokens=0 build=()
     want gateway gateway-session gateway-session-redis gateway-bearer-hot gateway-bearer-10k \
-        gateway-bearer-nocache && need_gw=1
+        gateway-bearer-nocache gateway-upstream-token && need_gw=1
     want nginx-token gateway-bearer-hot gateway-bearer-10k gateway-bearer-nocache apache-oidc-hot \
-        apache-oidc-10k && need_tokens=1
+        apache-oidc-10k gateway-upstream-token && need_tokens=1
     if [[ ${SKIP_BUILD:-0} != 1 ]]; then
         ((need_gw)) && [[ -z ${GATEHOUSE_BIN:-} ]] && build+=(--bin gatehouse)
         want gateway-session gateway-session-redis base-session && build+=(--example session_cookie)
@@ -506,8 +506,8 @@ main() {
     if want base base-session; then [[ -x $BASE_BIN ]] || die "no gateway binary at BASE_BIN=$BASE_BIN"; fi
 
     TMP=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-bench.XXXXXX")
-    local up_port ng_port gw_port base_port gwb_port gwn_port ap_port gwr_port redis_port
-    read -r up_port ng_port gw_port base_port gwb_port gwn_port ap_port gwr_port redis_port < <(free_ports 9)
+    local up_port ng_port gw_port base_port gwb_port gwn_port ap_port gwu_port gwr_port redis_port
+    read -r up_port ng_port gw_port base_port gwb_port gwn_port ap_port gwu_port gwr_port redis_port < <(free_ports 10)
 
     # (a) upstream: 2-byte answer, keep-alive.
     nginx_conf upstream "$up_port" "$NGINX_WORKERS" '        location / { return 200 "ok"; }'
@@ -655,6 +655,34 @@ TOML
             measure gateway-bearer-nocache "http://127.0.0.1:$gwn_port/" "$gwn_pid" -s "$TMP/rotate.lua"
         else
             SKIPPED+=(gateway-bearer-nocache)
+        fi
+    fi
+
+    # (e'') the gateway as an OAuth client toward a protected upstream ([upstreams.client]): a
+    # public route, and the gateway's own client-credentials token (from the stand-in issuer's
+    # /token, once) set as Authorization on every forwarded request.
+    if want gateway-upstream-token; then
+        cat >"$TMP/gatehouse-upstream-token.toml" <<TOML
+[server]
+listen = "127.0.0.1:$gwu_port"
+
+[log]
+access_log = false
+level = "error"
+
+[[upstreams]]
+url = "http://127.0.0.1:$up_port"
+[upstreams.client]
+token_endpoint = "$ISSUER/token"
+client_id = "bench"
+client_secret = "bench-secret"
+TOML
+        local gwu_pid
+        if start_gateway gateway-upstream-token "$bin" "$TMP/gatehouse-upstream-token.toml" "$gwu_port"; then
+            gwu_pid=$STARTED_PID
+            measure gateway-upstream-token "http://127.0.0.1:$gwu_port/" "$gwu_pid"
+        else
+            SKIPPED+=(gateway-upstream-token)
         fi
     fi
 

@@ -8,7 +8,9 @@
 //!
 //! - `GET /jwks`: the JWKS (one RSA key, `kid` "bench-rs256", `alg` RS256, `use` sig);
 //! - `GET /.well-known/openid-configuration`: discovery for the issuer, which is the HTTP origin
-//!   (`http://127.0.0.1:PORT`), with `jwks_uri` pointing at the HTTP `/jwks`.
+//!   (`http://127.0.0.1:PORT`), with `jwks_uri` pointing at the HTTP `/jwks`;
+//! - `POST /token`: a client-credentials answer (an opaque token living an hour) to any client,
+//!   for the gateway's own token toward a protected upstream.
 //!
 //! Then it writes into OUT_DIR:
 //!
@@ -123,6 +125,11 @@ async fn run(args: Args) -> Result<()> {
     let docs = Arc::new(Docs {
         jwks: Bytes::from(serde_json::to_vec(&jwks)?),
         discovery: Bytes::from(serde_json::to_vec(&discovery)?),
+        token: Bytes::from(serde_json::to_vec(&serde_json::json!({
+            "access_token": "bench-gateway-client-token",
+            "token_type": "Bearer",
+            "expires_in": 3600,
+        }))?),
     });
 
     let certified =
@@ -213,6 +220,9 @@ async fn run(args: Args) -> Result<()> {
 struct Docs {
     jwks: Bytes,
     discovery: Bytes,
+    /// The answer of `POST /token` (any client, any grant): the gateway's own client-credentials
+    /// token toward a protected upstream, for the `gateway-upstream-token` target.
+    token: Bytes,
 }
 
 #[derive(Clone)]
@@ -312,6 +322,7 @@ fn respond(docs: &Docs, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let body = match req.uri().path() {
         "/jwks" => Some(docs.jwks.clone()),
         "/.well-known/openid-configuration" => Some(docs.discovery.clone()),
+        "/token" if req.method() == http::Method::POST => Some(docs.token.clone()),
         _ => None,
     };
     let mut res = match body {

@@ -143,10 +143,19 @@ impl BearerAuth {
                     return None;
                 };
                 match bridge.exchange(&user, &password).await {
-                    Ok(token) => {
+                    Ok(bought) => {
+                        let token = bought.token;
                         let upstream =
                             UpstreamCredential::Bearer(self.pass_token.then(|| token.clone()));
-                        self.caller(token.expose(), upstream).await
+                        let mut caller = self.caller(token.expose(), upstream).await;
+                        // The person's email and names come from the ID token when the access
+                        // token lacks them; the subject must be the same.
+                        if let (Caller::Token { identity, .. }, Some(claims)) =
+                            (&mut caller, &bought.id_claims)
+                        {
+                            complete_from_id_token(identity, claims);
+                        }
+                        caller
                     }
                     Err(BridgeError::BadCredentials) => Caller::Refused(Refusal::BadCredentials),
                     Err(BridgeError::TooManyAttempts) => Caller::Refused(Refusal::TooManyAttempts),
@@ -297,6 +306,22 @@ pub fn strip_query_token(uri: &mut Uri, param: &str) {
     parts.path_and_query = http::uri::PathAndQuery::try_from(target).ok();
     if let Ok(stripped) = Uri::from_parts(parts) {
         *uri = stripped;
+    }
+}
+
+/// Fills what the access token did not say from the ID token of the same subject.
+fn complete_from_id_token(identity: &mut crate::identity::Identity, claims: &crate::oidc::Claims) {
+    use serde_json::Value;
+    if claims.get("sub").and_then(Value::as_str) != Some(identity.user.as_str()) {
+        return;
+    }
+    let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+    if identity.email.is_none() {
+        identity.email = text("email");
+        identity.email_verified = claims.get("email_verified") == Some(&Value::Bool(true));
+    }
+    if identity.preferred_username.is_none() {
+        identity.preferred_username = text("preferred_username");
     }
 }
 

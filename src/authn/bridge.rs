@@ -16,7 +16,7 @@ use aws_lc_rs::hmac;
 use rand::RngCore;
 
 use crate::config::{PasswordBridgeConfig, Secret};
-use crate::oidc::{Provider, ProviderError};
+use crate::oidc::{Claims, IdTokenRejected, Provider, ProviderError};
 
 /// Tokens are given up this long before they expire, so none is used at its last second.
 const EARLY: Duration = Duration::from_secs(10);
@@ -36,7 +36,17 @@ pub enum BridgeError {
 
 struct Bought {
     token: Secret<String>,
+    /// The validated claims of the ID token the grant returned, when it returned one: the
+    /// person's email and names, which access tokens often lack.
+    id_claims: Option<Claims>,
     until: Instant,
+}
+
+/// What a successful exchange gives: the access token, and the person's ID token claims.
+#[derive(Debug, Clone)]
+pub struct Exchanged {
+    pub token: Secret<String>,
+    pub id_claims: Option<Claims>,
 }
 
 struct UntilDue;
@@ -95,7 +105,7 @@ impl PasswordBridge {
         &self,
         user: &str,
         password: &Secret<String>,
-    ) -> Result<Secret<String>, BridgeError> {
+    ) -> Result<Exchanged, BridgeError> {
         let failures = self
             .failures
             .get(user)
@@ -123,14 +133,30 @@ impl PasswordBridge {
                     .map_or(DEFAULT_KEEP, Duration::from_secs)
                     .min(MAX_KEEP)
                     .saturating_sub(EARLY);
+                // An ID token is believed only after the same checks as at login.
+                let id_claims = match &answer.id_token {
+                    Some(raw) => match self.provider.validate_id_token(raw, None).await {
+                        Ok(claims) => Some(claims),
+                        Err(IdTokenRejected::KeysUnavailable) => return Err(ProviderError::NotReady),
+                        Err(reason) => {
+                            tracing::warn!(reason = %reason, "password bridge: ID token rejected; using the access token alone");
+                            None
+                        }
+                    },
+                    None => None,
+                };
                 Ok::<_, ProviderError>(Arc::new(Bought {
                     token: answer.access_token,
+                    id_claims,
                     until: Instant::now() + keep,
                 }))
             })
             .await;
         match bought {
-            Ok(b) => Ok(b.token.clone()),
+            Ok(b) => Ok(Exchanged {
+                token: b.token.clone(),
+                id_claims: b.id_claims.clone(),
+            }),
             Err(e) => match &*e {
                 // RFC 6749 §5.2: `invalid_grant` is what wrong resource owner credentials get;
                 // anything else (`invalid_client`, `unsupported_grant_type`) is our setup.

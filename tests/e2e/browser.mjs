@@ -33,6 +33,20 @@
 //                      needs to listen there: the browser's request to it is intercepted)
 //   SMOKE_POST_LOGOUT_URI  post-logout URI registered at the provider (default http://127.0.0.1:4180/)
 //   CLIENT_SECRET      provider-refresh: secret of the confidential client `gatehouse`
+//   ACCESS_TTL         stays-signed-in / refresh-token-revoked: the provider's access token
+//                      lifetime in seconds (default 5)
+//   STAY_SECONDS       stays-signed-in: how long to keep reloading (default 18)
+//   RELOAD_EVERY_MS    stays-signed-in: pause between reloads (default 1000)
+//   MIN_ACCESS_TOKENS  stays-signed-in: distinct access tokens the app must have seen (default 3)
+//   PARALLEL_FETCHES   stays-signed-in: concurrent fetch() calls the page makes before every
+//                      reload, all carrying the same cookie (default 4)
+//   STAY_PATH          stays-signed-in: the app page reloaded (default /app/stay?tab=1)
+//   REVOKED_PATH       refresh-token-revoked: the app page (default /app/revoked?tab=1)
+//   REVOKE_URL         refresh-token-revoked: the provider's test-only admin route that ends
+//                      LOGIN_USER's sign-in (provider.mjs with TEST_ADMIN=1:
+//                      $ISSUER/test/revoke?sub=alice)
+//   ACCESS_TOKEN_HEADER  the header in which the app receives the access token, read from the
+//                      echo upstream's JSON (default x-forwarded-access-token)
 //
 // Selectors (oidc-provider 9 devInteractions and end-session pages):
 //   login form     input[name="login"], input[name="password"], button "Sign-in"
@@ -69,6 +83,15 @@ const SMOKE_CLIENT_ID = env.SMOKE_CLIENT_ID || 'gatehouse-public';
 const SMOKE_REDIRECT_URI = env.SMOKE_REDIRECT_URI || 'http://127.0.0.1:4180/oauth2/callback';
 const SMOKE_POST_LOGOUT_URI = env.SMOKE_POST_LOGOUT_URI || 'http://127.0.0.1:4180/';
 const CLIENT_SECRET = env.CLIENT_SECRET || 'gatehouse-secret';
+const ACCESS_TTL_MS = Number(env.ACCESS_TTL || 5) * 1000;
+const STAY_MS = Number(env.STAY_SECONDS || 18) * 1000;
+const RELOAD_EVERY_MS = Number(env.RELOAD_EVERY_MS || 1000);
+const MIN_ACCESS_TOKENS = Number(env.MIN_ACCESS_TOKENS || 3);
+const PARALLEL_FETCHES = Number(env.PARALLEL_FETCHES ?? 4);
+const STAY_PATH = env.STAY_PATH || '/app/stay?tab=1';
+const REVOKED_PATH = env.REVOKED_PATH || '/app/revoked?tab=1';
+const REVOKE_URL = env.REVOKE_URL;
+const ACCESS_TOKEN_HEADER = (env.ACCESS_TOKEN_HEADER || 'x-forwarded-access-token').toLowerCase();
 
 const MAX_NAVIGATIONS_AFTER_LOGIN = 6;
 const STEP_MS = 10_000;
@@ -384,6 +407,186 @@ async function publicRoute(run) {
   check(resp && resp.status() < 400, `public route answered ${resp?.status()}`);
 }
 
+// --- refresh scenarios (gateway with refresh tokens and pass_access_token) -------------------------
+
+/** The echo upstream's JSON behind a navigation response: what the app received. */
+async function echoed(resp, what) {
+  check(resp, `${what}: no response`);
+  const text = await resp.text().catch(() => '');
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new Failure(`${what}: not the app's JSON (${resp.status()} ${resp.url()}): ${text.slice(0, 200)}`);
+  }
+}
+
+function appToken(json, what) {
+  const token = json?.headers?.[ACCESS_TOKEN_HEADER];
+  check(token, `${what}: the app received no ${ACCESS_TOKEN_HEADER}`);
+  return token;
+}
+
+/** A short fingerprint of a token for the log (never the token itself). */
+function fingerprint(token) {
+  return createHash('sha256').update(token).digest('hex').slice(0, 8);
+}
+
+/** Main-frame navigation responses of `page` from now on (status, url), for error-page checks. */
+function recordResponses(page) {
+  const seen = [];
+  const listener = (resp) => {
+    const req = resp.request();
+    if (req.isNavigationRequest() && req.frame() === page.mainFrame()) {
+      seen.push({ status: resp.status(), url: resp.url() });
+    }
+  };
+  page.on('response', listener);
+  return { seen, stop: () => page.off('response', listener) };
+}
+
+/**
+ * PARALLEL_FETCHES concurrent same-origin fetch() calls from the page, as a single-page app
+ * makes them: all leave with the cookie the browser holds now, so when the access token is due
+ * they all meet the refresh at once (the gateway's single flight). Each must be the app's 200
+ * for LOGIN_USER, without a redirect.
+ */
+async function parallelFetches(page, what) {
+  if (!PARALLEL_FETCHES) return [];
+  const paths = [...Array(PARALLEL_FETCHES).keys()].map((i) => `/app/xhr?i=${i}`);
+  const results = await page.evaluate(
+    (list) =>
+      Promise.all(
+        list.map((p) =>
+          fetch(p, { credentials: 'same-origin', headers: { accept: 'application/json' } }).then(
+            async (r) => ({ status: r.status, redirected: r.redirected, url: r.url, body: await r.text() }),
+            (err) => ({ error: String(err) }),
+          ),
+        ),
+      ),
+    paths,
+  );
+  const tokens = [];
+  results.forEach((r, i) => {
+    const label = `${what}, fetch ${paths[i]}`;
+    check(!r.error, `${label}: ${r.error}`);
+    check(r.status === 200 && !r.redirected, `${label}: ${r.status}${r.redirected ? ` redirected to ${r.url}` : ''}: ${r.body.slice(0, 200)}`);
+    let json;
+    try {
+      json = JSON.parse(r.body);
+    } catch {
+      throw new Failure(`${label}: not the app's JSON: ${r.body.slice(0, 200)}`);
+    }
+    check(json.headers?.['x-forwarded-user'] === LOGIN_USER, `${label}: the app saw user ${json.headers?.['x-forwarded-user']}`);
+    tokens.push(appToken(json, label));
+  });
+  return tokens;
+}
+
+/**
+ * Logs in, then for STAY_SECONDS (several access token lifetimes) keeps using the app: a burst
+ * of concurrent fetches, then a reload, every RELOAD_EVERY_MS. Every load is the app's 200
+ * straight from the gateway (no trip to the provider), every fetch too, and the access token
+ * the app receives changes over time (the gateway refreshed it before forwarding).
+ */
+async function staysSignedIn(run) {
+  needGateway();
+  const page = await run.newPage();
+  const target = GATEWAY + STAY_PATH;
+  const responses = recordResponses(page);
+  await loginThroughGateway(run, page, STAY_PATH, LOGIN_USER);
+  const landed = responses.seen.at(-1);
+  check(landed && landed.status === 200, `after login: ${JSON.stringify(landed)}`);
+  const start = Date.now();
+  const first = run.responses.get(page);
+  const tokens = [{ at: 0, token: appToken(await echoed(first, 'after login'), 'after login') }];
+  const fetched = new Set();
+  let loads = 0;
+  while (Date.now() - start < STAY_MS) {
+    await page.waitForTimeout(RELOAD_EVERY_MS);
+    loads += 1;
+    const what = `reload ${loads} at ${((Date.now() - start) / 1000).toFixed(1)} s`;
+    for (const t of await parallelFetches(page, what)) fetched.add(t);
+    const mark = run.navigations.length;
+    const resp = await page.reload({ waitUntil: 'load', timeout: STEP_MS });
+    const navs = run.navigationsSince(mark, page);
+    check(
+      navs.length === 1 && sameUrl(navs[0].url, target),
+      `${what}: left the app page: ${navs.map((n) => n.url).join(' -> ')}`,
+    );
+    check(resp && resp.status() === 200 && origin(resp.url()) === GATEWAY, `${what}: answered ${resp?.status()} at ${resp?.url()}`);
+    check(sameUrl(page.url(), target), `${what}: at ${page.url()}`);
+    check(!(await visible(page.locator(SELECTORS.login))), `${what}: the provider's login form is shown`);
+    const json = await echoed(resp, what);
+    check(json.target === STAY_PATH, `${what}: the app saw ${json.target}`);
+    check(json.headers?.['x-forwarded-user'] === LOGIN_USER, `${what}: the app saw user ${json.headers?.['x-forwarded-user']}`);
+    const token = appToken(json, what);
+    if (token !== tokens.at(-1).token) {
+      tokens.push({ at: (Date.now() - start) / 1000, token });
+      await run.snap(page);
+    }
+  }
+  await run.snap(page);
+  responses.stop();
+  const distinct = new Set(tokens.map((t) => t.token)).size;
+  console.error(
+    `  (stays-signed-in: ${loads} reloads and ${loads * PARALLEL_FETCHES} fetches over ${((Date.now() - start) / 1000).toFixed(1)} s; ` +
+      `fetches saw ${fetched.size} distinct access tokens; reloads saw ` +
+      `${distinct} distinct access tokens: ${tokens.map((t) => `${t.at.toFixed(1)}s ${fingerprint(t.token)}`).join(', ')})`,
+  );
+  check(distinct === tokens.length, 'an access token came back after it had been replaced');
+  check(distinct >= MIN_ACCESS_TOKENS, `only ${distinct} distinct access tokens over ${STAY_MS / 1000} s (want ${MIN_ACCESS_TOKENS})`);
+}
+
+/**
+ * Logs in, has the provider end the sign-in (its test-only admin route: grants and provider
+ * sessions revoked), waits past the access token's life, reloads: the gateway's refresh is
+ * refused, and the browser lands on the provider's login form (a fresh login, not an error
+ * page). Logging in again brings the app page back, with a new access token.
+ */
+async function refreshTokenRevoked(run) {
+  needGateway();
+  needProvider();
+  check(REVOKE_URL, 'REVOKE_URL is not set');
+  const page = await run.newPage();
+  const target = GATEWAY + REVOKED_PATH;
+  await loginThroughGateway(run, page, REVOKED_PATH, LOGIN_USER);
+  const loggedInAt = Date.now();
+  const before = appToken(await echoed(run.responses.get(page), 'after login'), 'after login');
+
+  const resp = await fetch(REVOKE_URL, { method: 'POST' });
+  const revoked = await resp.json().catch(() => ({}));
+  check(resp.status === 200 && revoked.grants >= 1, `revocation at the provider: ${resp.status} ${JSON.stringify(revoked)}`);
+  console.error(`  (refresh-token-revoked: provider revoked ${JSON.stringify(revoked)})`);
+
+  // Past the access token's life: the gateway must ask the provider, which refuses.
+  const wait = loggedInAt + ACCESS_TTL_MS + 1000 - Date.now();
+  if (wait > 0) await page.waitForTimeout(wait);
+
+  const responses = recordResponses(page);
+  const mark = run.navigations.length;
+  await gotoLenient(page, target);
+  const login = page.locator(SELECTORS.login);
+  await login.waitFor({ state: 'visible', timeout: STEP_MS }).catch(() => {
+    throw new Failure(`after revocation the app page did not lead to the provider's login form (at ${page.url()})`);
+  });
+  await run.snap(page);
+  responses.stop();
+  const navs = run.navigationsSince(mark, page);
+  check(origin(page.url()) === PROVIDER, `the login form is not the provider's (at ${page.url()})`);
+  check(navs.length && sameUrl(navs[0].url, target), `the first navigation was not the app page: ${navs.map((n) => n.url).join(' -> ')}`);
+  const bad = responses.seen.filter((r) => r.status >= 400);
+  check(!bad.length, `an error page on the way to the login: ${bad.map((r) => `${r.status} ${r.url}`).join(', ')}`);
+  check(navs.length <= MAX_NAVIGATIONS_AFTER_LOGIN, `too many navigations: ${navs.map((n) => n.url).join(' -> ')}`);
+
+  // The fresh login lands on the page that was asked for, with a new access token.
+  await providerLogin(run, page, LOGIN_USER);
+  await waitUrl(page, target, 'after the fresh login');
+  await run.snap(page);
+  const json = await echoed(run.responses.get(page), 'after the fresh login');
+  check(json.headers?.['x-forwarded-user'] === LOGIN_USER, `after the fresh login the app saw user ${json.headers?.['x-forwarded-user']}`);
+  check(appToken(json, 'after the fresh login') !== before, 'the fresh login did not bring a new access token');
+}
+
 // --- provider scenarios (no gateway needed) --------------------------------------------------------
 
 function pkcePair() {
@@ -629,6 +832,10 @@ const SCENARIOS = {
   'forbidden-group': { run: forbiddenGroup, needs: 'gateway' },
   'public-route': { run: publicRoute, needs: 'gateway' },
   'demo-login': { run: demoLogin, needs: 'gateway', explicit: true },
+  // These two need a gateway configured for refresh tokens and pass_access_token, and the
+  // provider's admin route: tests/it/browser.rs names them.
+  'stays-signed-in': { run: staysSignedIn, needs: 'gateway', explicit: true },
+  'refresh-token-revoked': { run: refreshTokenRevoked, needs: 'gateway', explicit: true },
   'provider-smoke': { run: providerSmoke, needs: 'provider' },
   'provider-two-tabs': { run: providerTwoTabs, needs: 'provider' },
   'provider-refresh': { run: providerRefresh, needs: 'provider' },

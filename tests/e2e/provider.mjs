@@ -18,6 +18,13 @@
 //                     (default "gatehouse-service-secret")
 //   API_RESOURCE      the one resource indicator (RFC 8707) the provider knows (default
 //                     "api://orders"); see "Machine tokens" below
+//   REFRESH_TTL       refresh token lifetime in seconds (default 86400)
+//   ROTATE_REFRESH    "1": every refresh_token grant rotates the refresh token (the presented
+//                     one is consumed; presenting it again is reuse: oidc-provider then revokes
+//                     the whole grant, "refresh token already used"). Default: oidc-provider's
+//                     own policy (confidential clients rotate only past 70 % of the lifetime)
+//   TEST_ADMIN        "1": enables the test-only admin routes below. NEVER in anything but a
+//                     test: they let anyone on the loopback end any user's sign-in
 //
 // Prints exactly one line on stdout, `oidc-provider ready <issuer>`, when it listens; everything
 // else goes to stderr. Exits 0 on SIGTERM / SIGINT.
@@ -63,6 +70,21 @@
 // and `[provider.extra_auth_params] prompt = "consent"` (then the consent page shows on every
 // login).
 //
+// Test-only admin routes (only with TEST_ADMIN=1, only from a loopback peer; the server itself
+// listens on 127.0.0.1 only). They stand for what an administrator does in a real identity
+// provider's console, which the browser and the gateway never see:
+//   POST /test/revoke?sub=alice  ends alice's sign-in at the provider: every grant of hers is
+//                     revoked (its refresh tokens, access tokens and codes deleted, the grant
+//                     destroyed) and every provider session of hers is destroyed, so her next
+//                     authorization request meets the login form again. Answers
+//                     {"grants":N,"sessions":M}.
+//   GET  /test/stats  counters since start, as JSON: {"grants":{"<grant_type>":{"ok":N,
+//                     "errors":{"<error_description>":N}}},"revoked_grants":N (by oidc-provider
+//                     itself, e.g. refresh token reuse),"admin_revocations":N}
+// Every token endpoint grant is also logged on stderr: `provider: grant refresh_token ok
+// sub=alice rotations=2` or `provider: grant refresh_token error invalid_grant (refresh token
+// already used)`.
+//
 // Endpoints: discovery /.well-known/openid-configuration, /auth, /token, /me (userinfo), /jwks,
 // /token/introspection, /token/revocation, /session/end (RP-initiated logout: oidc-provider
 // always answers a browser with a confirmation form, button "Yes, sign me out").
@@ -86,6 +108,9 @@ const idTokenClaims = (env.ID_TOKEN_CLAIMS ?? '1') !== '0';
 const serviceSecret = env.SERVICE_CLIENT_SECRET || 'gatehouse-service-secret';
 const apiResource = env.API_RESOURCE || 'api://orders';
 const API_SCOPES = ['orders:read', 'orders:write'];
+const refreshTtl = Number.parseInt(env.REFRESH_TTL ?? String(24 * 3600), 10);
+const rotateRefresh = env.ROTATE_REFRESH === '1';
+const testAdmin = env.TEST_ADMIN === '1';
 
 if (!Number.isInteger(port) || port < 0 || port > 65535) {
   console.error(`provider.mjs: bad PORT ${env.PORT}`);
@@ -93,6 +118,10 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
 }
 if (!Number.isInteger(accessTtl) || accessTtl <= 0) {
   console.error(`provider.mjs: bad ACCESS_TTL ${env.ACCESS_TTL}`);
+  process.exit(2);
+}
+if (!Number.isInteger(refreshTtl) || refreshTtl <= 0) {
+  console.error(`provider.mjs: bad REFRESH_TTL ${env.REFRESH_TTL}`);
   process.exit(2);
 }
 
@@ -202,7 +231,7 @@ const configuration = {
     AccessToken: accessTtl,
     AuthorizationCode: 60,
     IdToken: 3600,
-    RefreshToken: 24 * 3600,
+    RefreshToken: refreshTtl,
     Interaction: 600,
     Session: 3600,
     Grant: 3600,
@@ -216,10 +245,110 @@ const configuration = {
   },
 };
 
+if (rotateRefresh) {
+  configuration.rotateRefreshToken = true;
+}
+
 const provider = new Provider(issuer, configuration);
 provider.on('server_error', (_ctx, err) => console.error('provider server_error:', err));
 
-server.on('request', provider.callback());
+// --- grant log and counters (GET /test/stats) ---------------------------------------------------
+const stats = { grants: {}, revoked_grants: 0, admin_revocations: 0 };
+const grantStats = (type) => (stats.grants[type] ??= { ok: 0, errors: {} });
+provider.on('grant.success', (ctx) => {
+  const type = ctx.oidc.params?.grant_type ?? '?';
+  grantStats(type).ok += 1;
+  const rt = ctx.oidc.entities?.RefreshToken;
+  const sub = ctx.oidc.entities?.Account?.accountId ?? rt?.accountId ?? '-';
+  const rotations = type === 'refresh_token' ? ` rotations=${rt?.rotations ?? 0}` : '';
+  console.error(`provider: grant ${type} ok sub=${sub}${rotations}`);
+});
+provider.on('grant.error', (ctx, err) => {
+  const type = ctx.oidc?.params?.grant_type ?? '?';
+  const why = err.error_description || err.message || String(err);
+  const errors = grantStats(type).errors;
+  errors[why] = (errors[why] ?? 0) + 1;
+  console.error(`provider: grant ${type} error ${err.error ?? 'server_error'} (${why})`);
+});
+provider.on('grant.revoked', (_ctx, grantId) => {
+  stats.revoked_grants += 1;
+  console.error(`provider: grant ${grantId} revoked by the provider`);
+});
+
+// --- test-only admin routes (TEST_ADMIN=1) ------------------------------------------------------
+// Who holds which grants and provider sessions, from the models' save events (the in-memory
+// adapter has no index by account).
+const grantsOf = new Map(); // accountId -> Set(grantId)
+const sessionsOf = new Map(); // accountId -> Set(session jti)
+const remember = (map, account, id) => {
+  if (!account || !id) return;
+  if (!map.has(account)) map.set(account, new Set());
+  map.get(account).add(id);
+};
+if (testAdmin) {
+  provider.on('grant.saved', (grant) => remember(grantsOf, grant.accountId, grant.jti));
+  provider.on('session.saved', (session) => remember(sessionsOf, session.accountId, session.jti));
+}
+
+async function revokeAccount(sub) {
+  const grants = [...(grantsOf.get(sub) ?? [])];
+  const sessions = [...(sessionsOf.get(sub) ?? [])];
+  grantsOf.delete(sub);
+  sessionsOf.delete(sub);
+  for (const grantId of grants) {
+    await Promise.all([
+      provider.AccessToken.adapter.revokeByGrantId(grantId),
+      provider.RefreshToken.adapter.revokeByGrantId(grantId),
+      provider.AuthorizationCode.adapter.revokeByGrantId(grantId),
+      provider.Grant.adapter.destroy(grantId),
+    ]);
+  }
+  for (const jti of sessions) {
+    await provider.Session.adapter.destroy(jti);
+  }
+  stats.admin_revocations += 1;
+  console.error(`provider: TEST ADMIN revoked sub=${sub}: ${grants.length} grant(s), ${sessions.length} session(s)`);
+  return { grants: grants.length, sessions: sessions.length };
+}
+
+function isLoopback(address) {
+  return address === '127.0.0.1' || address === '::1' || address === '::ffff:127.0.0.1';
+}
+
+async function testRoute(req, res) {
+  const url = new URL(req.url, issuer);
+  const send = (status, body) => {
+    res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+    res.end(JSON.stringify(body));
+  };
+  if (!isLoopback(req.socket.remoteAddress)) {
+    send(403, { error: 'loopback only' });
+  } else if (req.method === 'POST' && url.pathname === '/test/revoke') {
+    const sub = url.searchParams.get('sub');
+    if (!sub) {
+      send(400, { error: 'sub is required' });
+    } else {
+      send(200, await revokeAccount(sub));
+    }
+  } else if (req.method === 'GET' && url.pathname === '/test/stats') {
+    send(200, stats);
+  } else {
+    send(404, { error: 'no such test route' });
+  }
+}
+
+const providerCallback = provider.callback();
+server.on('request', (req, res) => {
+  if (testAdmin && (req.url === '/test' || req.url.startsWith('/test/'))) {
+    testRoute(req, res).catch((err) => {
+      console.error('provider.mjs: test route failed:', err);
+      if (!res.headersSent) res.writeHead(500);
+      res.end();
+    });
+    return;
+  }
+  providerCallback(req, res);
+});
 
 console.log(`oidc-provider ready ${issuer}`);
 

@@ -1132,9 +1132,10 @@ async fn the_password_bridge_trades_basic_credentials_for_a_token_the_app_sees_i
     assert_eq!(reply.status, 200, "{}", reply.text());
     let seen = world.app.last();
     // The identity is what the access token bought says (the development provider puts
-    // `sub` and `groups` in it).
+    // `sub` and `groups` in it), completed from the grant's validated ID token (email).
     assert_eq!(seen.header("x-forwarded-user"), Some("alice"));
     assert_eq!(seen.header("x-forwarded-groups"), Some("admins,developers"));
+    assert_eq!(seen.header("x-forwarded-email"), Some("alice@example.com"));
     let forwarded = seen.header("authorization").unwrap();
     assert!(forwarded.starts_with("Bearer "), "{forwarded}");
     for (name, value) in &seen.headers {

@@ -7,18 +7,23 @@
 //! skip with a message — unless `CI` is set, where they fail instead. Missing node_modules is
 //! always a failure ("run scripts/test").
 //!
-//! Screenshots of every page the browser saw land in `tests/e2e/artifacts/` (git-ignored).
+//! Screenshots of every page the browser saw land in `tests/e2e/artifacts/<test>/`
+//! (git-ignored). The refresh tests print the provider's grant log and the gateway's output when
+//! they fail, or always with `E2E_DIAG=1`.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::Full;
 
 use crate::support::upstream::Upstream;
-use crate::support::{ChildGuard, Gateway, manifest_dir, spawn_and_wait, wait_exit};
+use crate::support::{ChildGuard, Gateway, manifest_dir, send, spawn_and_wait, wait_exit};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CLIENT_SECRET: &str = "e2e-client-secret-not-for-production";
@@ -89,21 +94,53 @@ fn parse_issuer(line: &str) -> Option<SocketAddr> {
 /// provider.mjs as a child process, killed by pid on drop.
 struct Provider {
     issuer: String,
+    /// Everything it printed (its grant log is on stderr).
+    output: Arc<Mutex<Vec<String>>>,
     _guard: ChildGuard,
 }
 
+impl Provider {
+    fn logs(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+
+    /// `GET /test/stats` (provider.mjs with `TEST_ADMIN=1`): its grant counters.
+    async fn stats(&self) -> serde_json::Value {
+        let reply = send(
+            http::Request::get(format!("{}/test/stats", self.issuer))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.json()
+    }
+}
+
 fn start_provider(redirect_uris: &str, post_logout_uris: &str) -> Provider {
+    start_provider_with(redirect_uris, post_logout_uris, &[("ACCESS_TTL", "300")])
+}
+
+/// provider.mjs with extra environment (`ACCESS_TTL`, `ROTATE_REFRESH`, `TEST_ADMIN`…).
+fn start_provider_with(
+    redirect_uris: &str,
+    post_logout_uris: &str,
+    env: &[(&str, &str)],
+) -> Provider {
     let mut cmd = Command::new("node");
     cmd.arg(tests_dir().join("e2e/provider.mjs"))
         .current_dir(tests_dir())
         .env("PORT", "0")
         .env("CLIENT_SECRET", CLIENT_SECRET)
         .env("REDIRECT_URIS", redirect_uris)
-        .env("POST_LOGOUT_URIS", post_logout_uris)
-        .env("ACCESS_TTL", "300");
-    let (child, addr, _output) = spawn_and_wait(cmd, "oidc-provider ready", parse_issuer);
+        .env("POST_LOGOUT_URIS", post_logout_uris);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let (child, addr, output) = spawn_and_wait(cmd, "oidc-provider ready", parse_issuer);
     Provider {
         issuer: format!("http://{addr}"),
+        output,
         _guard: ChildGuard(child),
     }
 }
@@ -416,4 +453,267 @@ async fn the_demo_logs_a_person_in_through_a_real_browser() {
         eprintln!("demo output:\n{}", output.lock().unwrap().join("\n"));
     }
     assert_browser_passed(ok, &lines, &scenarios);
+}
+
+/// The provider for the refresh tests: 5 s access tokens, a new refresh token at every refresh
+/// (the presented one is consumed; presenting it again would revoke the whole grant), and the
+/// test-only admin routes (`/test/revoke`, `/test/stats`).
+const ACCESS_TTL_SECS: u64 = 5;
+
+fn start_refresh_provider(public_url: &str) -> Provider {
+    let ttl = ACCESS_TTL_SECS.to_string();
+    start_provider_with(
+        &format!("{public_url}/oauth2/callback"),
+        &format!("{public_url}/"),
+        &[
+            ("ACCESS_TTL", ttl.as_str()),
+            ("ROTATE_REFRESH", "1"),
+            ("TEST_ADMIN", "1"),
+        ],
+    )
+}
+
+/// The gateway asks for refresh tokens (oidc-provider issues one only for `offline_access`
+/// with `prompt=consent`), refreshes 2 s before an access token expires, and hands the app the
+/// access token so the browser (through the echo upstream) sees which one is current.
+fn refresh_gateway_config(port: u16, issuer: &str, upstream: &str) -> String {
+    gateway_config(port, issuer, upstream)
+        .replace(
+            r#"scopes = ["openid", "email", "profile", "groups"]"#,
+            "scopes = [\"openid\", \"email\", \"profile\", \"groups\", \"offline_access\"]\n\n\
+             [provider.extra_auth_params]\nprompt = \"consent\"",
+        )
+        .replace("[session]\n", "[session]\nrefresh_before = \"2s\"\n")
+        .replace(
+            "[[upstreams]]",
+            "[headers]\npass_access_token = true\n\n[[upstreams]]",
+        )
+}
+
+/// How many `refresh_token` grants the provider answered, and the errors it gave.
+fn refresh_grants(stats: &serde_json::Value) -> (u64, serde_json::Value) {
+    let rt = &stats["grants"]["refresh_token"];
+    (rt["ok"].as_u64().unwrap_or(0), rt["errors"].clone())
+}
+
+/// Issue 13, point 5: a person stays signed in across several access token lifetimes. Chromium
+/// logs in, then reloads the app page for 18 s (more than three 5 s lifetimes): every load is
+/// the app's 200 without a trip to the provider, the app receives at least three different
+/// access tokens, and the provider answered refresh grants with rotation — never a reused
+/// (rotated-out) refresh token, never a revoked grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_stays_signed_in_across_several_token_lifetimes() {
+    const TEST: &str = "a_browser_stays_signed_in_across_several_token_lifetimes";
+    if !browser_prerequisites(TEST) {
+        return;
+    }
+    require_node_modules();
+    let port = free_port();
+    let public_url = format!("http://127.0.0.1:{port}");
+    let provider = start_refresh_provider(&public_url);
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&refresh_gateway_config(
+        port,
+        &provider.issuer,
+        &upstream.url(),
+    ));
+    let scenarios = ["stays-signed-in"];
+    let env = vec![
+        ("GATEWAY_URL", public_url),
+        ("PROVIDER_URL", provider.issuer.clone()),
+        ("ACCESS_TTL", ACCESS_TTL_SECS.to_string()),
+        ("STAY_PATH", "/app/stay?tab=1".to_owned()),
+        ("STAY_SECONDS", "18".to_owned()),
+        ("RELOAD_EVERY_MS", "1000".to_owned()),
+        ("MIN_ACCESS_TOKENS", "3".to_owned()),
+        ("SCENARIO_TIMEOUT", "60".to_owned()),
+    ];
+    let (ok, lines) = tokio::task::spawn_blocking(move || run_browser(TEST, &scenarios, &env))
+        .await
+        .unwrap();
+    let stats = provider.stats().await;
+    let diagnostics = || {
+        format!(
+            "provider stats: {stats}\n--- provider output:\n{}\n--- gateway output:\n{}",
+            provider.logs(),
+            gateway.logs()
+        )
+    };
+    if !ok || std::env::var_os("E2E_DIAG").is_some() {
+        eprintln!("{}", diagnostics());
+    }
+    assert_browser_passed(ok, &lines, &scenarios);
+
+    // What the app received: alice on every request, and the access token changing over time.
+    let seen = upstream.seen();
+    let loads: Vec<_> = seen
+        .iter()
+        .filter(|s| s.target == "/app/stay?tab=1")
+        .collect();
+    let fetches = seen
+        .iter()
+        .filter(|s| s.target.starts_with("/app/xhr?"))
+        .count();
+    assert!(
+        loads.len() >= 15 && fetches >= 4 * 14,
+        "only {} app loads and {fetches} fetches\n{}",
+        loads.len(),
+        diagnostics()
+    );
+    assert!(
+        seen.iter()
+            .all(|s| s.header("x-forwarded-user") == Some("alice")),
+        "a request without alice's identity"
+    );
+    let token = |s: &crate::support::upstream::Seen| {
+        s.header("x-forwarded-access-token")
+            .unwrap_or_else(|| panic!("a request without an access token: {s:?}"))
+            .to_owned()
+    };
+    // The page loads came one after the other: an access token once replaced never returns.
+    let mut in_order: Vec<String> = Vec::new();
+    for s in &loads {
+        let t = token(s);
+        if in_order.last() != Some(&t) {
+            assert!(
+                !in_order.contains(&t),
+                "an access token came back after it was replaced"
+            );
+            in_order.push(t);
+        }
+    }
+    let distinct: std::collections::HashSet<String> = seen.iter().map(token).collect();
+    assert!(
+        in_order.len() >= 3,
+        "the page loads saw {} distinct access tokens over 18 s of 5 s tokens\n{}",
+        in_order.len(),
+        diagnostics()
+    );
+
+    // The provider: one login, then exactly one rotating refresh grant per new access token
+    // (the bursts of concurrent fetches shared theirs), and nothing refused or revoked.
+    let (refreshed, errors) = refresh_grants(&stats);
+    assert_eq!(
+        refreshed as usize,
+        distinct.len() - 1,
+        "refresh grants vs. access tokens the app saw\n{}",
+        diagnostics()
+    );
+    assert_eq!(
+        errors,
+        serde_json::json!({}),
+        "the provider refused refresh grants\n{}",
+        diagnostics()
+    );
+    assert_eq!(stats["revoked_grants"], 0, "{}", diagnostics());
+    assert_eq!(
+        stats["grants"]["authorization_code"]["ok"],
+        1,
+        "{}",
+        diagnostics()
+    );
+    let provider_logs = provider.logs();
+    assert!(
+        provider_logs.contains("provider: grant refresh_token ok sub=alice rotations=")
+            && !provider_logs.contains("already used"),
+        "{}",
+        diagnostics()
+    );
+    let gateway_logs = gateway.logs();
+    assert!(
+        !gateway_logs.contains("session ended") && !gateway_logs.contains("refresh failed"),
+        "{}",
+        diagnostics()
+    );
+}
+
+/// Issue 13, point 5: a refresh token revoked at the provider ends the session at the next
+/// request that needs a refresh. After login the provider's administrator ends alice's sign-in
+/// (grants and provider sessions); past the access token's life a reload brings the provider's
+/// login form — no error page — and logging in again brings the page back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_whose_refresh_token_was_revoked_is_sent_to_sign_in_again() {
+    const TEST: &str = "a_browser_whose_refresh_token_was_revoked_is_sent_to_sign_in_again";
+    if !browser_prerequisites(TEST) {
+        return;
+    }
+    require_node_modules();
+    let port = free_port();
+    let public_url = format!("http://127.0.0.1:{port}");
+    let provider = start_refresh_provider(&public_url);
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&refresh_gateway_config(
+        port,
+        &provider.issuer,
+        &upstream.url(),
+    ));
+    let scenarios = ["refresh-token-revoked"];
+    let env = vec![
+        ("GATEWAY_URL", public_url),
+        ("PROVIDER_URL", provider.issuer.clone()),
+        ("ACCESS_TTL", ACCESS_TTL_SECS.to_string()),
+        ("REVOKED_PATH", "/app/revoked?tab=1".to_owned()),
+        (
+            "REVOKE_URL",
+            format!("{}/test/revoke?sub=alice", provider.issuer),
+        ),
+        ("SCENARIO_TIMEOUT", "45".to_owned()),
+    ];
+    let (ok, lines) = tokio::task::spawn_blocking(move || run_browser(TEST, &scenarios, &env))
+        .await
+        .unwrap();
+    let stats = provider.stats().await;
+    let diagnostics = || {
+        format!(
+            "provider stats: {stats}\n--- provider output:\n{}\n--- gateway output:\n{}",
+            provider.logs(),
+            gateway.logs()
+        )
+    };
+    if !ok || std::env::var_os("E2E_DIAG").is_some() {
+        eprintln!("{}", diagnostics());
+    }
+    assert_browser_passed(ok, &lines, &scenarios);
+
+    // The gateway asked once with the revoked refresh token, was refused, ended the session.
+    assert_eq!(stats["admin_revocations"], 1, "{}", diagnostics());
+    let (refreshed, errors) = refresh_grants(&stats);
+    assert_eq!(refreshed, 0, "{}", diagnostics());
+    let refused: u64 = errors
+        .as_object()
+        .map(|e| e.values().filter_map(serde_json::Value::as_u64).sum())
+        .unwrap_or(0);
+    assert_eq!(refused, 1, "one refused refresh grant\n{}", diagnostics());
+    assert_eq!(
+        stats["grants"]["authorization_code"]["ok"],
+        2,
+        "{}",
+        diagnostics()
+    );
+    gateway
+        .wait_for_log("refresh token refused by the provider; session ended")
+        .await;
+    assert!(
+        gateway
+            .logs()
+            .contains("refresh token refused by the provider; session ended"),
+        "{}",
+        diagnostics()
+    );
+    // The app saw alice twice (before and after the fresh login), never anonymously.
+    let seen: Vec<_> = upstream
+        .seen()
+        .into_iter()
+        .filter(|s| s.target == "/app/revoked?tab=1")
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|s| s.header("x-forwarded-user") == Some("alice")),
+        "{seen:?}"
+    );
+    assert_ne!(
+        seen[0].header("x-forwarded-access-token"),
+        seen[1].header("x-forwarded-access-token")
+    );
 }

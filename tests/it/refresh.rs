@@ -122,19 +122,45 @@ async fn a_refresh_token_revoked_at_the_provider_ends_the_session() {
 async fn a_provider_outage_during_refresh_uses_the_old_token_then_503_and_recovers() {
     let (world, browser) = signed_in().await;
     let cookie = cookie_header(&world, &browser);
+    assert_eq!(api(&world, &cookie).await.status, 200);
+    // Time the steps against the token's own `exp` (whole seconds), not against the login,
+    // which a busy machine can slow down.
+    let exp = expiry_of(&token_seen(&world));
     world.provider.set_token_endpoint_down(true);
     // Due (≤ 1 s left) but not expired: the refresh fails, the old token still serves.
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    sleep_until(exp as f64 - 0.6).await;
     let still = api(&world, &cookie).await;
     assert_eq!(still.status, 200, "{}", still.text());
     // Expired and the provider still down: fail closed.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sleep_until(exp as f64 + 0.3).await;
     let down = api(&world, &cookie).await;
     assert_eq!(down.status, 503, "{}", down.text());
     assert!(down.headers.contains_key("retry-after"));
-    // Back: the same session refreshes and works, no new login.
+    // Back: the same session refreshes and works, no new login (after the 2 s pause the
+    // gateway keeps between attempts for one refresh token).
     world.provider.set_token_endpoint_down(false);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let back = api(&world, &cookie).await;
     assert_eq!(back.status, 200, "{}", back.text());
+}
+
+/// The `exp` of a JWT, unverified (the test only reads what the provider issued).
+fn expiry_of(jwt: &str) -> u64 {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    claims["exp"].as_u64().unwrap()
+}
+
+async fn sleep_until(unix: f64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    if unix > now {
+        tokio::time::sleep(Duration::from_secs_f64(unix - now)).await;
+    }
 }

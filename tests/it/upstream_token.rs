@@ -109,23 +109,26 @@ async fn across_several_token_lifetimes_one_renewal_each_and_no_failed_request()
 #[tokio::test]
 async fn provider_down_the_token_serves_until_it_expires_then_503() {
     let issuer = TestIssuer::start().await;
-    issuer.set_token_ttl(3);
+    // 10 s tokens: renewed from 8 s, given up at 9 s (a tenth of the life, at most 30 s, early).
+    issuer.set_token_ttl(10);
     let c = chain(&issuer).await;
     let url = c.front.url("/orders");
-    let first = Instant::now();
     assert_eq!(call(&url).await.status, 200);
+    // The token was fetched during that call: its clock started at most this long ago.
+    let got = Instant::now();
     issuer.set_token_outage(Outage::Unavailable);
-    // Past the renewal point (80 %) but before the end: the failed renewal changes nothing.
-    tokio::time::sleep(Duration::from_millis(2600).saturating_sub(first.elapsed())).await;
+    // Past the renewal point but before the end: the failed renewal changes nothing.
+    tokio::time::sleep(Duration::from_millis(8300).saturating_sub(got.elapsed())).await;
     let still = call(&url).await;
     assert_eq!(still.status, 200, "{}", still.text());
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(issuer.token_requests() >= 2, "a renewal was attempted");
-    // After the token's life: fail closed, with a hint when to retry.
-    tokio::time::sleep(Duration::from_millis(3200).saturating_sub(first.elapsed())).await;
+    // After the token's usable life: fail closed, with a hint when to retry.
+    tokio::time::sleep(Duration::from_millis(9600).saturating_sub(got.elapsed())).await;
     let down = call(&url).await;
     assert_eq!(down.status, 503, "{}", down.text());
     assert!(down.headers.contains_key("retry-after"));
-    // The provider returns: the next request gets a token again, no restart.
+    // The provider returns: a request gets a token again, no restart.
     issuer.set_token_outage(Outage::Up);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(call(&url).await.status, 200);
