@@ -628,6 +628,8 @@ impl Login {
             .await
         {
             tracing::warn!(error = %err, "back-channel logout could not end the stored sessions");
+            // The provider's retry of this very token must not be refused as a replay.
+            self.logouts.allow_retry(&logout);
             return store_unavailable();
         }
         tracing::info!(

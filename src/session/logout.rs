@@ -60,6 +60,12 @@ impl Logouts {
         true
     }
 
+    /// Forgets a logout token's `jti` so that the provider's retry is accepted (after a
+    /// failure to end the stored sessions); what was recorded for its `sid`/`sub` stays.
+    pub fn allow_retry(&self, logout: &LogoutRequest) {
+        self.jtis.invalidate(&logout.jti);
+    }
+
     /// Whether `session` was ended by a logout.
     pub fn ended(&self, session: &Session) -> bool {
         if session
