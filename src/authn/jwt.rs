@@ -10,7 +10,10 @@
 //! What this module does not do: find the token in the request (`bearer.rs`), opaque tokens
 //! (`introspection.rs`), or decide what the identity may do (`authz.rs`).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -90,6 +93,8 @@ impl TrustedIssuer {
 pub struct JwtVerifier {
     issuers: Vec<TrustedIssuer>,
     verified: moka::sync::Cache<TokenHash, Arc<Verified>>,
+    /// Tells this verifier's entries apart in the per-worker caches; `None` without caching.
+    recent_id: Option<u64>,
     groups_claim: Vec<String>,
     http: HttpClient,
 }
@@ -152,6 +157,7 @@ impl JwtVerifier {
         Ok(Self {
             issuers: out,
             verified,
+            recent_id: (cache_entries > 0).then(|| NEXT_VERIFIER.fetch_add(1, Ordering::Relaxed)),
             groups_claim,
             http,
         })
@@ -179,15 +185,30 @@ impl JwtVerifier {
     /// The verdict on `token`, already known to be of a sane size and a compact JWS shape.
     pub async fn verify(&self, token: &str, now: u64) -> Verdict {
         let hash = token_hash(token);
+        // This worker's own memory first: a hot token then touches no shared cache line (the
+        // shared cache's bookkeeping made every hit of one token contend across cores).
+        if let Some(id) = self.recent_id
+            && let Some(hit) = recent_get(id, &hash)
+            && hit.valid_until_unix > now
+        {
+            return Verdict::Valid(hit.identity.clone());
+        }
         if let Some(hit) = self.verified.get(&hash)
             && hit.valid_until_unix > now
         {
+            if let Some(id) = self.recent_id {
+                recent_put(id, hash, hit.clone());
+            }
             return Verdict::Valid(hit.identity.clone());
         }
         match self.check(token, now).await {
             Ok(verified) => {
                 let identity = verified.identity.clone();
-                self.verified.insert(hash, Arc::new(verified));
+                let verified = Arc::new(verified);
+                if let Some(id) = self.recent_id {
+                    recent_put(id, hash, verified.clone());
+                }
+                self.verified.insert(hash, verified);
                 Verdict::Valid(identity)
             }
             Err(Check::Invalid(r)) => Verdict::Invalid(r),
@@ -352,6 +373,32 @@ enum Check {
     Unavailable,
 }
 
+/// Entries per worker before its memory starts over (a small, bounded front of the shared
+/// cache; expiry is checked on every hit, so an entry never serves past `exp`).
+const RECENT_MAX: usize = 4096;
+static NEXT_VERIFIER: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Per worker thread (the server runs one event loop per thread): verifier id and token
+    /// hash → what that verifier found. The id keeps two verifiers in one process apart.
+    static RECENT: RefCell<HashMap<(u64, TokenHash), Arc<Verified>>> = RefCell::new(HashMap::new());
+}
+
+fn recent_get(id: u64, hash: &TokenHash) -> Option<Arc<Verified>> {
+    RECENT.with(|r| r.try_borrow().ok()?.get(&(id, *hash)).cloned())
+}
+
+fn recent_put(id: u64, hash: TokenHash, verified: Arc<Verified>) {
+    RECENT.with(|r| {
+        if let Ok(mut map) = r.try_borrow_mut() {
+            if map.len() >= RECENT_MAX {
+                map.clear();
+            }
+            map.insert((id, hash), verified);
+        }
+    });
+}
+
 fn invalid(reason: &'static str, description: &'static str) -> Check {
     Check::Invalid(Rejection {
         reason,
@@ -423,4 +470,22 @@ async fn load(http: &HttpClient, issuer: &TrustedIssuer, jwks: &Jwks) -> Result<
         }
     }
     jwks.refresh().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_worker_entries_of_two_verifiers_stay_apart() {
+        let verified = Arc::new(Verified {
+            identity: Identity::default(),
+            valid_until: Instant::now(),
+            valid_until_unix: u64::MAX,
+        });
+        recent_put(1, [7; 32], verified);
+        assert!(recent_get(1, &[7; 32]).is_some());
+        // A token one verifier trusts is unknown to another with other issuers.
+        assert!(recent_get(2, &[7; 32]).is_none());
+    }
 }
