@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::hmac;
 use rand::RngCore;
 
+use super::{Due, ExpireWhenDue};
 use crate::config::{PasswordBridgeConfig, Secret};
 use crate::oidc::{Claims, IdTokenRejected, Provider, ProviderError};
 
@@ -49,16 +50,9 @@ pub struct Exchanged {
     pub id_claims: Option<Claims>,
 }
 
-struct UntilDue;
-
-impl moka::Expiry<[u8; 32], Arc<Bought>> for UntilDue {
-    fn expire_after_create(
-        &self,
-        _key: &[u8; 32],
-        value: &Arc<Bought>,
-        created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.until.saturating_duration_since(created_at))
+impl Due for Bought {
+    fn due(&self) -> Instant {
+        self.until
     }
 }
 
@@ -90,7 +84,7 @@ impl PasswordBridge {
             key: hmac::Key::new(hmac::HMAC_SHA256, &key),
             tokens: moka::future::Cache::builder()
                 .max_capacity(10_000)
-                .expire_after(UntilDue)
+                .expire_after(ExpireWhenDue)
                 .build(),
             failures: moka::sync::Cache::builder()
                 .max_capacity(100_000)

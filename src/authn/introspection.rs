@@ -12,7 +12,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::jwt::{TokenHash, token_hash};
-use super::{Rejection, Verdict, identity_from_claims};
+use super::{Due, ExpireWhenDue, Rejection, Verdict, identity_from_claims};
 use crate::config::IntrospectionConfig;
 use crate::identity::Identity;
 use crate::oidc::id_token::number;
@@ -35,16 +35,9 @@ struct Remembered {
     until: Instant,
 }
 
-struct UntilDue;
-
-impl moka::Expiry<TokenHash, Arc<Remembered>> for UntilDue {
-    fn expire_after_create(
-        &self,
-        _key: &TokenHash,
-        value: &Arc<Remembered>,
-        created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.until.saturating_duration_since(created_at))
+impl Due for Remembered {
+    fn due(&self) -> Instant {
+        self.until
     }
 }
 
@@ -91,7 +84,7 @@ impl Introspector {
             ttl: config.cache_ttl,
             answers: moka::future::Cache::builder()
                 .max_capacity(100_000)
-                .expire_after(UntilDue)
+                .expire_after(ExpireWhenDue)
                 .build(),
             calls: AtomicU64::new(0),
         })

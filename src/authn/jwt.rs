@@ -23,7 +23,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 
-use super::{Rejection, Verdict, identity_from_claims};
+use super::{Due, ExpireWhenDue, Rejection, Verdict, identity_from_claims};
 use crate::config::{IssuerConfig, IssuerKeys};
 use crate::identity::Identity;
 use crate::oidc::discovery::{self, issuer_spellings};
@@ -51,17 +51,9 @@ pub struct Verified {
     pub valid_until_unix: u64,
 }
 
-/// The cache expires each entry at its own `valid_until` (rule 15: never past `exp`).
-pub struct UntilValid;
-
-impl moka::Expiry<TokenHash, Arc<Verified>> for UntilValid {
-    fn expire_after_create(
-        &self,
-        _key: &TokenHash,
-        value: &Arc<Verified>,
-        created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.valid_until.saturating_duration_since(created_at))
+impl Due for Verified {
+    fn due(&self) -> Instant {
+        self.valid_until
     }
 }
 
@@ -152,7 +144,7 @@ impl JwtVerifier {
         }
         let verified = moka::sync::Cache::builder()
             .max_capacity(cache_entries)
-            .expire_after(UntilValid)
+            .expire_after(ExpireWhenDue)
             .build();
         Ok(Self {
             issuers: out,
@@ -418,14 +410,21 @@ fn malformed(e: IdTokenRejected) -> Check {
 /// Whether `token` looks like a compact JWS (three base64url segments, a JSON object header):
 /// such tokens are checked here, anything else goes to introspection.
 pub fn looks_like_jwt(token: &str) -> bool {
-    let mut parts = token.splitn(2, '.');
-    let Some(head) = parts.next() else {
+    // Runs on every bearer request before the cache, so without decoding the whole header
+    // into a new buffer: the header must be base64url of a sane length (what decoding it
+    // would check) and its first byte `{` (the first four characters carry three bytes).
+    let Some((head, _)) = token.split_once('.') else {
         return false;
     };
-    parts.next().is_some()
+    let mut first = [0u8; 3];
+    head.len() % 4 != 1
+        && head
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         && URL_SAFE_NO_PAD
-            .decode(head)
-            .is_ok_and(|h| h.first() == Some(&b'{'))
+            .decode_slice(&head.as_bytes()[..head.len().min(4)], &mut first)
+            .is_ok()
+        && first[0] == b'{'
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -475,6 +474,17 @@ async fn load(http: &HttpClient, issuer: &TrustedIssuer, jwks: &Jwks) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jwt_shape_is_told_from_opaque_tokens() {
+        assert!(looks_like_jwt("eyJhbGciOiJSUzI1NiJ9.e30.sig"));
+        assert!(looks_like_jwt("eyJ9.x"));
+        assert!(!looks_like_jwt("opaque-token-without-dots"));
+        assert!(!looks_like_jwt("abcd.efgh.ijkl"), "header is not JSON");
+        assert!(!looks_like_jwt("eyJh!bGc.e30.sig"), "not base64url");
+        assert!(!looks_like_jwt("eyJhb.e30.sig"), "impossible base64 length");
+        assert!(!looks_like_jwt(".e30.sig"));
+    }
 
     #[test]
     fn per_worker_entries_of_two_verifiers_stay_apart() {

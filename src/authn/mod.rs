@@ -28,6 +28,26 @@ use crate::identity::Identity;
 use crate::oidc::Claims;
 pub use bearer::BearerAuth;
 
+/// A cached value that knows when it stops being worth anything.
+pub trait Due {
+    fn due(&self) -> std::time::Instant;
+}
+
+/// The cache policy of every token cache here: each entry expires at its own [`Due::due`]
+/// (rule 15: a remembered answer never outlives the token's `exp`).
+pub struct ExpireWhenDue;
+
+impl<K, V: Due> moka::Expiry<K, std::sync::Arc<V>> for ExpireWhenDue {
+    fn expire_after_create(
+        &self,
+        _key: &K,
+        value: &std::sync::Arc<V>,
+        created_at: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        Some(value.due().saturating_duration_since(created_at))
+    }
+}
+
 /// Why a credential was refused: `reason` for the log (stable, short), `description` for the
 /// caller's `error_description` (says what is wrong, never shows key material or claims).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

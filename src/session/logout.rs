@@ -10,6 +10,7 @@
 //! because it lives in the browser. The Redis store ends the sessions themselves, on every
 //! replica.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::oidc::logout_token::LogoutRequest;
@@ -23,6 +24,9 @@ pub struct Logouts {
     /// `sub` → when the user was logged out everywhere.
     by_sub: moka::sync::Cache<String, u64>,
     jtis: moka::sync::Cache<String, ()>,
+    /// Set at the first logout: until then the request path skips the two lookups (shared
+    /// caches, touched by every worker on every session request otherwise).
+    any: AtomicBool,
 }
 
 impl Logouts {
@@ -43,6 +47,7 @@ impl Logouts {
                     crate::oidc::logout_token::MAX_AGE_SECS + 300,
                 ))
                 .build(),
+            any: AtomicBool::new(false),
         }
     }
 
@@ -57,6 +62,7 @@ impl Logouts {
             (None, Some(sub)) => self.by_sub.insert(sub.clone(), now),
             (None, None) => {}
         }
+        self.any.store(true, Ordering::Release);
         true
     }
 
@@ -68,6 +74,9 @@ impl Logouts {
 
     /// Whether `session` was ended by a logout.
     pub fn ended(&self, session: &Session) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
         if session
             .sid
             .as_ref()

@@ -1204,3 +1204,36 @@ async fn the_password_bridge_trades_basic_credentials_for_a_token_the_app_sees_i
     );
     assert!(!logs.contains(&alice[6..]), "credentials in the log");
 }
+
+#[tokio::test]
+async fn hmac_tokens_verify_only_with_the_configured_shared_secret() {
+    const SECRET: &str = "a-shared-secret-of-at-least-32-bytes!!";
+    let api = Api::start(Setup {
+        issuer: Some(
+            "algorithms = [\"HS256\", \"RS256\"]\nhmac_secret = \"a-shared-secret-of-at-least-32-bytes!!\"",
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let m = || api.iss.mint(DEFAULT_AUDIENCE);
+    let ok = api.get("/data", &m().hs256(SECRET.as_bytes()).sign()).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    // Any other key, the issuer's public key included, is not the secret.
+    for token in [
+        m().hs256(b"another-secret-of-at-least-32-bytes!!!").sign(),
+        m().hs256_with_rsa_public_pem().sign(),
+    ] {
+        let refused = api.get("/data", &token).await;
+        assert_eq!(refused.status, 401);
+        assert!(challenge(&refused).contains("error=\"invalid_token\""));
+    }
+    // Without the secret configured, the same good HS256 token is refused (default
+    // algorithms): HMAC needs an explicit secret.
+    let strict = Api::start(Setup::jwt()).await;
+    let token = strict
+        .iss
+        .mint(DEFAULT_AUDIENCE)
+        .hs256(SECRET.as_bytes())
+        .sign();
+    assert_eq!(strict.get("/data", &token).await.status, 401);
+}
