@@ -11,6 +11,8 @@
 //! then `X-Request-Id` on the answer and one access-log event (telemetry.rs). Failures of any
 //! step become an HTTP answer in exactly one place (error.rs).
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri};
@@ -151,139 +153,161 @@ impl Gateway {
     }
 
     /// Serves one request. Never fails: every error is already an HTTP answer here.
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    ///
+    /// Plain fns returning async blocks, here and in [`Self::steps`]: an `async fn` keeps a
+    /// second copy of its by-value arguments (the request), and every byte of these futures
+    /// is copied when hyper stores the call and at each `.await` (see `Proxy::forward`).
+    /// It is hyper's service future itself (hence the `Result` that cannot fail): one layer
+    /// less to copy.
+    pub fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Result<Response<Body>, Infallible>> {
         let mut ctx = RequestCtx::new(req.method(), req.headers(), conn);
-        let mut response = match self.steps(req, &mut ctx).await {
-            Ok(response) => response,
-            Err(err) => error::response(&err, &ctx),
-        };
-        // Every answer carries the id, so a person can quote it and an operator find the line.
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID, ctx.request_id.clone());
-        if self.access_log {
-            telemetry::access(&ctx, response.status());
+        async move {
+            let mut response = match self.steps(req, &mut ctx).await {
+                Ok(response) => response,
+                Err(err) => error::response(&err, &ctx),
+            };
+            // Every answer carries the id, so a person can quote it and an operator find the
+            // line.
+            response
+                .headers_mut()
+                .insert(X_REQUEST_ID, ctx.request_id.clone());
+            if self.access_log {
+                telemetry::access(&ctx, response.status());
+            }
+            Ok(response)
         }
-        response
     }
 
-    async fn steps(
-        &self,
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn stores the request twice (see handle)"
+    )]
+    fn steps<'a>(
+        &'a self,
         mut req: Request<Incoming>,
-        ctx: &mut RequestCtx,
-    ) -> Result<Response<Body>, GatewayError> {
-        // Route. Refuse ambiguous framing before anything reads the request (rules 19, 20,
-        // 35); normalise the path once, so every later step and the upstream see the same one.
-        self.router.check_framing(req.uri(), req.headers())?;
-        let host = router::request_host(req.uri(), req.headers())?;
-        let (target, path) = self.router.route(req.uri(), &host)?;
-        ctx.path = path;
-        let index = match target {
-            Target::Health => return Ok(endpoints::health(req.method(), true)),
-            Target::Ready => {
-                let ready = self.login.as_ref().is_none_or(Login::ready);
-                return Ok(endpoints::health(req.method(), ready));
+        ctx: &'a mut RequestCtx,
+    ) -> impl Future<Output = Result<Response<Body>, GatewayError>> + 'a {
+        async move {
+            // Route. Refuse ambiguous framing before anything reads the request (rules 19, 20,
+            // 35); normalise the path once, so every later step and the upstream see the same one.
+            self.router.check_framing(req.uri(), req.headers())?;
+            let host = router::request_host(req.uri(), req.headers())?;
+            let (target, path) = self.router.route(req.uri(), &host)?;
+            ctx.path = path;
+            let index = match target {
+                Target::Health => return Ok(endpoints::health(req.method(), true)),
+                Target::Ready => {
+                    let ready = self.login.as_ref().is_none_or(Login::ready);
+                    return Ok(endpoints::health(req.method(), ready));
+                }
+                Target::Builtin => {
+                    ctx.route = "builtin";
+                    // The one built-in endpoint that takes a body (POST from the provider).
+                    if let Some(login) = &self.login
+                        && ctx.path.strip_prefix(self.prefix.as_str())
+                            == Some("/backchannel_logout")
+                    {
+                        return Ok(Box::pin(login.backchannel_logout(req)).await);
+                    }
+                    return Ok(Box::pin(self.builtin(&req, ctx)).await);
+                }
+                Target::NoRoute => return Err(GatewayError::NoRoute),
+                Target::Upstream(index) => index,
+            };
+            ctx.route = "upstream";
+
+            // Authenticate, when the route's policy wants to know who is calling. A token wins
+            // over a cookie; without any credential a person navigating is sent to log in and a
+            // script gets a 401 challenge (never a redirect).
+            let (policy, bridge) = self.authorizer.route(req.method(), &host, &ctx.path);
+            let mut set_cookies = Vec::new();
+            let mut credential = UpstreamCredential::Keep;
+            let identity = match policy {
+                Policy::Public => None,
+                // Boxed: the authentication future (sessions, tokens, refresh) is over a
+                // kilobyte, and a public route would otherwise carry and copy it too.
+                _ => match Box::pin(self.authenticate(req.headers(), req.uri(), bridge)).await {
+                    Caller::Session {
+                        identity,
+                        set_cookies: refreshed,
+                    } => {
+                        set_cookies = refreshed;
+                        Some(identity)
+                    }
+                    Caller::Token { identity, upstream } => {
+                        credential = upstream;
+                        Some(identity)
+                    }
+                    Caller::Anonymous { clear } => {
+                        return Ok(with_cookies(self.ask_to_log_in(&req, ctx, bridge), clear));
+                    }
+                    Caller::Refused(refusal) => return Ok(answer::refused(refusal, self.realm())),
+                    Caller::Unavailable(what) => return Ok(answer::unavailable(what)),
+                },
+            };
+
+            // Authorize. A denial is a page (or JSON), never a login loop.
+            if let Some(id) = &identity {
+                ctx.user = Some(id.user.clone());
+                if let Some(resp) = self.denial(policy, id, &req) {
+                    return Ok(with_cookies(resp, set_cookies));
+                }
             }
-            Target::Builtin => {
-                ctx.route = "builtin";
-                // The one built-in endpoint that takes a body (POST from the provider).
-                if let Some(login) = &self.login
-                    && ctx.path.strip_prefix(self.prefix.as_str()) == Some("/backchannel_logout")
-                {
-                    return Ok(login.backchannel_logout(req).await);
-                }
-                return Ok(self.builtin(&req, ctx).await);
+
+            // A protected upstream gets the gateway's own token (client credentials), in place
+            // of whatever Authorization the caller sent.
+            let client = self.upstream_clients.get(index);
+            let lease = match client {
+                Some(c) => match c.lease().await {
+                    Ok(lease) => Some(lease),
+                    Err(e) => return Ok(answer::unavailable(&e.to_string())),
+                },
+                None => None,
+            };
+
+            // Identity headers and forward. The client's copies of identity headers were removed
+            // inside the proxy's rewrite, on every route; the gateway's own cookies never leave;
+            // a bridged password never reaches the app.
+            let client_host = proxy::client_host_header(req.uri(), req.headers())
+                .ok_or(RejectReason::MissingHost)?;
+            let login = self.login.as_ref();
+            let names = &self.headers;
+            let token_header = self.bearer.as_ref().map(|b| b.header().clone());
+            // With pass_token = false the caller's token must not reach the app at all, also not
+            // in the URL when it came as a query parameter (rule 16).
+            if matches!(credential, UpstreamCredential::Strip)
+                && let Some(param) = self.bearer.as_deref().and_then(BearerAuth::query_parameter)
+            {
+                authn::bearer::strip_query_token(req.uri_mut(), param);
             }
-            Target::NoRoute => return Err(GatewayError::NoRoute),
-            Target::Upstream(index) => index,
-        };
-        ctx.route = "upstream";
-
-        // Authenticate, when the route's policy wants to know who is calling. A token wins
-        // over a cookie; without any credential a person navigating is sent to log in and a
-        // script gets a 401 challenge (never a redirect).
-        let (policy, bridge) = self.authorizer.route(req.method(), &host, &ctx.path);
-        let mut set_cookies = Vec::new();
-        let mut credential = UpstreamCredential::Keep;
-        let identity = match policy {
-            Policy::Public => None,
-            _ => match self.authenticate(req.headers(), req.uri(), bridge).await {
-                Caller::Session {
-                    identity,
-                    set_cookies: refreshed,
-                } => {
-                    set_cookies = refreshed;
-                    Some(identity)
-                }
-                Caller::Token { identity, upstream } => {
-                    credential = upstream;
-                    Some(identity)
-                }
-                Caller::Anonymous { clear } => {
-                    return Ok(with_cookies(self.ask_to_log_in(&req, ctx, bridge), clear));
-                }
-                Caller::Refused(refusal) => return Ok(answer::refused(refusal, self.realm())),
-                Caller::Unavailable(what) => return Ok(answer::unavailable(what)),
-            },
-        };
-
-        // Authorize. A denial is a page (or JSON), never a login loop.
-        if let Some(id) = &identity {
-            ctx.user = Some(id.user.clone());
-            if let Some(resp) = self.denial(policy, id, &req) {
-                return Ok(with_cookies(resp, set_cookies));
+            let gateway_token = lease.as_ref().map(Lease::header);
+            let resp = self
+                .proxy
+                .forward(index, req, client_host, ctx, |headers| {
+                    if let Some(login) = login {
+                        login.strip_cookies(headers);
+                    }
+                    authn::edit_credential(headers, credential, token_header);
+                    if let Some(id) = &identity {
+                        identity::set_headers(headers, id, names);
+                    }
+                    if let Some(token) = gateway_token {
+                        headers.insert(http::header::AUTHORIZATION, token);
+                    }
+                })
+                .await?;
+            // RFC 6750 §3.1: the upstream says our token is no good; the next request gets a new one.
+            if let (Some(c), Some(lease)) = (client, &lease)
+                && answer::is_invalid_token(&resp)
+            {
+                c.refused(lease);
             }
+            Ok(with_cookies(resp, set_cookies))
         }
-
-        // A protected upstream gets the gateway's own token (client credentials), in place
-        // of whatever Authorization the caller sent.
-        let client = self.upstream_clients.get(index);
-        let lease = match client {
-            Some(c) => match c.lease().await {
-                Ok(lease) => Some(lease),
-                Err(e) => return Ok(answer::unavailable(&e.to_string())),
-            },
-            None => None,
-        };
-
-        // Identity headers and forward. The client's copies of identity headers were removed
-        // inside the proxy's rewrite, on every route; the gateway's own cookies never leave;
-        // a bridged password never reaches the app.
-        let client_host =
-            proxy::client_host_header(req.uri(), req.headers()).ok_or(RejectReason::MissingHost)?;
-        let login = self.login.as_ref();
-        let names = &self.headers;
-        let token_header = self.bearer.as_ref().map(|b| b.header().clone());
-        // With pass_token = false the caller's token must not reach the app at all, also not
-        // in the URL when it came as a query parameter (rule 16).
-        if matches!(credential, UpstreamCredential::Strip)
-            && let Some(param) = self.bearer.as_deref().and_then(BearerAuth::query_parameter)
-        {
-            authn::bearer::strip_query_token(req.uri_mut(), param);
-        }
-        let gateway_token = lease.as_ref().map(Lease::header);
-        let resp = self
-            .proxy
-            .forward(index, req, client_host, ctx, |headers| {
-                if let Some(login) = login {
-                    login.strip_cookies(headers);
-                }
-                authn::edit_credential(headers, credential, token_header);
-                if let Some(id) = &identity {
-                    identity::set_headers(headers, id, names);
-                }
-                if let Some(token) = gateway_token {
-                    headers.insert(http::header::AUTHORIZATION, token);
-                }
-            })
-            .await?;
-        // RFC 6750 §3.1: the upstream says our token is no good; the next request gets a new one.
-        if let (Some(c), Some(lease)) = (client, &lease)
-            && answer::is_invalid_token(&resp)
-        {
-            c.refused(lease);
-        }
-        Ok(with_cookies(resp, set_cookies))
     }
 
     async fn authenticate(&self, headers: &HeaderMap, uri: &Uri, bridge: bool) -> Caller {

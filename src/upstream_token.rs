@@ -119,7 +119,7 @@ impl UpstreamClient {
             }
             return Ok(Lease(held));
         }
-        self.fetch_shared().await.map(Lease)
+        Box::pin(self.fetch_shared()).await.map(Lease)
     }
 
     /// The upstream refused `lease` as `invalid_token`: forget it, unless a newer one is

@@ -142,7 +142,7 @@ impl BearerAuth {
                 let Some(bridge) = &self.bridge else {
                     return None;
                 };
-                match bridge.exchange(&user, &password).await {
+                match Box::pin(bridge.exchange(&user, &password)).await {
                     Ok(bought) => {
                         let token = bought.token;
                         let upstream =
@@ -208,7 +208,7 @@ impl BearerAuth {
 
     async fn introspect(&self, token: &str, now: u64) -> Verdict {
         match &self.introspection {
-            Some(i) => i.introspect(token, now).await,
+            Some(i) => Box::pin(i.introspect(token, now)).await,
             None => Verdict::Invalid(Rejection {
                 reason: "not_a_jwt",
                 description: "the token is not a signed JWT",

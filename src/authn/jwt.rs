@@ -193,7 +193,7 @@ impl JwtVerifier {
             }
             return Verdict::Valid(hit.identity.clone());
         }
-        match self.check(token, now).await {
+        match Box::pin(self.check(token, now)).await {
             Ok(verified) => {
                 let identity = verified.identity.clone();
                 let verified = Arc::new(verified);

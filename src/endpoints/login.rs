@@ -164,7 +164,7 @@ impl Login {
                 }
                 if self.refresher.due(&session, now) {
                     let refreshed = if self.store.is_server_side() {
-                        match self.refresh_shared(&session, now).await {
+                        match Box::pin(self.refresh_shared(&session, now)).await {
                             Ok(refreshed) => refreshed,
                             Err(SessionError::Unavailable) => return Authn::Unavailable(STORE),
                             // Another replica held the lock too long: as if the provider
@@ -172,7 +172,7 @@ impl Login {
                             Err(_) => Refreshed::Unavailable,
                         }
                     } else {
-                        self.refresher.refresh(&session).await
+                        Box::pin(self.refresher.refresh(&session)).await
                     };
                     match refreshed {
                         Refreshed::Renewed(renewed) => {

@@ -4,6 +4,8 @@
 //! and drains in-flight requests on shutdown. It hands every request to [`Gateway::handle`] and
 //! knows nothing about routing, authentication or upstreams.
 
+mod timer;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -23,6 +25,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
+use self::timer::CoarseTimer;
 use crate::config::{Config, TlsConfig};
 use crate::context::ConnInfo;
 use crate::gateway::{Gateway, Shared};
@@ -192,6 +195,7 @@ impl Worker {
         let graceful = GracefulShutdown::new();
         let scheme_https = tls.is_some();
         let handshake_timeout = config.server.header_read_timeout;
+        tokio::spawn(timer::tick(timer::tick_for(handshake_timeout)));
         loop {
             let (stream, peer) = tokio::select! {
                 biased;
@@ -210,8 +214,7 @@ impl Worker {
             };
             let gateway = gateway.clone();
             let service = service_fn(move |req: Request<Incoming>| {
-                let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(gateway.handle(req, conn).await) }
+                Gateway::handle(gateway.clone(), req, conn)
             });
             let _ = stream.set_nodelay(true);
             match &tls {
@@ -304,7 +307,7 @@ fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let buf = server.max_header_bytes.max(8192) + 1024;
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(CoarseTimer)
         .header_read_timeout(server.header_read_timeout)
         .max_headers(server.max_headers)
         .max_buf_size(buf.max(64 * 1024));

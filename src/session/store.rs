@@ -670,10 +670,15 @@ impl Redis {
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, SessionError> {
-        let conn = self.connection().await?;
+        // Boxed: the redis crate's futures are kilobytes, and every request's future would
+        // otherwise carry (and copy) them even on routes that never ask Redis.
+        let conn = match self.current() {
+            Some(conn) => conn,
+            None => Box::pin(self.connection()).await?,
+        };
         let result = match conn {
-            Conn::Single(mut c) => cmd.query_async(&mut c).await,
-            Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
+            Conn::Single(mut c) => Box::pin(cmd.query_async(&mut c)).await,
+            Conn::Cluster(mut c) => Box::pin(cmd.query_async(&mut c)).await,
         };
         match result {
             Ok(value) => {
