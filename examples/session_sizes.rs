@@ -104,6 +104,7 @@ fn main() -> ExitCode {
         topology: RedisTopology::Standalone(parsed),
         username: None,
         password: None,
+        tls_ca_file: None,
     }));
     let result: Result<(), Box<dyn std::error::Error>> = runtime.block_on(async {
         let now = std::time::SystemTime::now()

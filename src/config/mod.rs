@@ -250,6 +250,10 @@ pub struct RedisConfig {
     pub username: Option<String>,
     /// `redis_password` / `redis_password_file` or the URL's password.
     pub password: Option<Secret<String>>,
+    /// `redis_tls_ca_file` (rediss:// only): the CAs that sign the Redis servers'
+    /// certificates, trusted instead of the system roots. The file as configured, its
+    /// certificates as read at start.
+    pub tls_ca_file: Option<(PathBuf, Vec<CertificateDer<'static>>)>,
 }
 
 /// Exactly one deployment shape.

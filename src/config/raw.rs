@@ -233,6 +233,7 @@ pub struct RawSession {
     pub redis_sentinels: Option<Vec<String>>,
     pub redis_sentinel_master: Option<String>,
     pub redis_cluster: Option<Vec<String>>,
+    pub redis_tls_ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1432,6 +1432,7 @@ impl Ctx<'_> {
                 sentinels: raw.redis_sentinels,
                 sentinel_master: raw.redis_sentinel_master,
                 cluster: raw.redis_cluster,
+                tls_ca_file: raw.redis_tls_ca_file,
             },
         );
         let secrets = self.session_secrets(

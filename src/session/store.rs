@@ -532,6 +532,22 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// Certificates as PEM, the form the redis crate reads its roots from.
+fn pem(certs: &[rustls::pki_types::CertificateDer<'_>]) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut out = String::new();
+    for cert in certs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out.into_bytes()
+}
+
 fn build_error(err: &RedisError) -> SessionError {
     SessionError::InvalidStoreSettings(err.to_string())
 }
@@ -550,28 +566,53 @@ impl Redis {
                 .into_connection_info()
                 .map_err(|e| build_error(&e))
         };
+        // A private CA for rediss://, in place of the system roots.
+        let certs = config
+            .tls_ca_file
+            .as_ref()
+            .map(|(_, certs)| redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem(certs)),
+            });
         let topology = match &config.topology {
             RedisTopology::Standalone(url) => {
                 let parsed = info(url)?;
                 let db = parsed.redis_settings().db();
-                let client = Client::open(parsed.set_redis_settings(redis.set_db(db)))
-                    .map_err(|e| build_error(&e))?;
+                let parsed = parsed.set_redis_settings(redis.set_db(db));
+                let client = match certs {
+                    Some(certs) => Client::build_with_tls(parsed, certs),
+                    None => Client::open(parsed),
+                }
+                .map_err(|e| build_error(&e))?;
                 Topology::Standalone(client)
             }
             RedisTopology::Sentinel { sentinels, master } => {
-                let nodes = sentinels.iter().map(info).collect::<Result<Vec<_>, _>>()?;
-                let mut node = redis::sentinel::SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(redis);
-                if sentinels.iter().any(|u| u.scheme() == "rediss") {
-                    node = node.set_tls_mode(redis::TlsMode::Secure);
-                }
-                let client = redis::sentinel::SentinelClient::build(
+                let nodes = sentinels
+                    .iter()
+                    .map(|url| info(url).map(|i| i.addr().clone()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut builder = redis::sentinel::SentinelClientBuilder::new(
                     nodes,
-                    master.clone(),
-                    Some(node),
+                    master,
                     redis::sentinel::SentinelServerType::Master,
                 )
                 .map_err(|e| build_error(&e))?;
+                // The user and password are the master's; the sentinels are asked without.
+                if let Some(user) = &config.username {
+                    builder = builder.set_client_to_redis_username(user);
+                }
+                if let Some(password) = &config.password {
+                    builder = builder.set_client_to_redis_password(password.expose());
+                }
+                if sentinels.iter().any(|u| u.scheme() == "rediss") {
+                    builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+                    if let Some(certs) = certs {
+                        builder = builder
+                            .set_client_to_sentinel_certificates(certs.clone())
+                            .set_client_to_redis_certificates(certs);
+                    }
+                }
+                let client = builder.build().map_err(|e| build_error(&e))?;
                 Topology::Sentinel(tokio::sync::Mutex::new(client))
             }
             RedisTopology::Cluster(nodes) => {
@@ -585,6 +626,9 @@ impl Redis {
                 }
                 if let Some(password) = &config.password {
                     builder = builder.password(password.expose());
+                }
+                if let Some(certs) = certs {
+                    builder = builder.certs(certs);
                 }
                 Topology::Cluster(builder.build().map_err(|e| build_error(&e))?)
             }

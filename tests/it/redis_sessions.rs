@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 
-use crate::support::redis::RedisServer;
+use crate::support::redis::{RedisServer, Sentinel};
 use crate::support::world::{self, World};
 use crate::support::{Gateway, Reply, send};
 
@@ -43,7 +43,18 @@ async fn api(gw: &Gateway, path: &str, cookie: &str) -> Reply {
 }
 
 async fn logged_in(redis: &RedisServer) -> (World, String) {
-    let world = World::start(&redis_session(redis)).await;
+    logged_in_with(&redis_session(redis)).await
+}
+
+/// `[session]` lines for the Redis store at `url`, plus `more`.
+fn redis_at(url: &str, more: &str) -> String {
+    format!(
+        "store = \"redis\"\nredis_url = \"{url}\"\n{more}\n[headers]\npass_access_token = true\n"
+    )
+}
+
+async fn logged_in_with(session: &str) -> (World, String) {
+    let world = World::start(session).await;
     let mut browser = world.browser();
     let (page, _) = world::login(&world, &mut browser, "/hello", "alice", &["staff"]).await;
     assert_eq!(page.status, 200, "{}", page.text());
@@ -259,4 +270,119 @@ async fn back_channel_logout_on_one_replica_ends_the_session_on_both() {
     for gw in [&replica, &world.gw] {
         assert_eq!(api(gw, "/orders", &cookie).await.status, 401);
     }
+}
+
+/// A person logs in at `world` up to the provider's redirect back; the status of the
+/// callback, where the new session is stored.
+async fn callback_status(world: &World) -> http::StatusCode {
+    let mut browser = world.browser();
+    let to_provider = world::location(&browser.get(&world.gw.url("/hello")).await);
+    let form_page = browser.get(&to_provider).await;
+    let request_id = world::hidden(&form_page.text(), "request_id");
+    let back = browser
+        .request(
+            "POST",
+            &format!("{}/authorize", world.provider.issuer()),
+            Some(format!(
+                "request_id={request_id}&username=alice&email=alice%40example.com&action=login"
+            )),
+        )
+        .await;
+    browser.get(&world::location(&back)).await.status
+}
+
+/// The replica and Redis agree: the session made through the first gateway is served by the
+/// second, and it is in Redis.
+async fn shared(world: &World, cookie: &str, redis: &RedisServer) {
+    let replica = world.replica();
+    let reply = api(&replica, "/oauth2/userinfo", cookie).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.text().contains("alice"), "{}", reply.text());
+    assert_eq!(redis.keys("gatehouse:s:*").len(), 1, "one session in Redis");
+}
+
+#[tokio::test]
+async fn rediss_with_a_private_ca_holds_the_sessions_and_without_the_ca_fails_closed() {
+    let (redis, url, ca) = RedisServer::start_tls();
+    let (world, cookie) = logged_in_with(&redis_at(
+        &url,
+        &format!("redis_tls_ca_file = \"{}\"", ca.display()),
+    ))
+    .await;
+    shared(&world, &cookie, &redis).await;
+    // The same server without its CA: its certificate is not trusted, so no session is
+    // stored and the person gets a 503 (never a session kept elsewhere, never a pass).
+    let untrusting = World::start(&redis_at(&url, "")).await;
+    assert_eq!(callback_status(&untrusting).await, 503);
+    assert_eq!(redis.keys("gatehouse:s:*").len(), 1);
+}
+
+#[tokio::test]
+async fn an_acl_user_limited_to_the_gatehouse_keys_is_enough_and_a_wrong_password_fails_closed() {
+    let redis = RedisServer::start_with(&[
+        "--user",
+        "gatehouse",
+        "on",
+        ">s3cret-pw",
+        "~gatehouse:*",
+        "+@all",
+    ]);
+    let acl = "redis_username = \"gatehouse\"\nredis_password = \"s3cret-pw\"";
+    let (world, cookie) = logged_in_with(&redis_at(&redis.url(), acl)).await;
+    shared(&world, &cookie, &redis).await;
+    assert!(
+        redis.client_users().iter().any(|u| u == "gatehouse"),
+        "the gateway is connected as its ACL user: {:?}",
+        redis.client_users()
+    );
+    // Sign-out deletes the session under the same user and key pattern.
+    assert_eq!(
+        api(&world.gw, "/oauth2/sign_out", &cookie).await.status,
+        302
+    );
+    assert!(redis.keys("gatehouse:s:*").is_empty());
+
+    let wrong = "redis_username = \"gatehouse\"\nredis_password = \"not-it\"";
+    let refused = World::start(&redis_at(&redis.url(), wrong)).await;
+    assert_eq!(callback_status(&refused).await, 503);
+}
+
+#[tokio::test]
+async fn sessions_through_sentinel_live_in_the_master_it_names() {
+    let master = RedisServer::start();
+    let sentinel = Sentinel::start(&master);
+    let (world, cookie) = logged_in_with(&format!(
+        "store = \"redis\"\nredis_sentinels = [\"{}\"]\nredis_sentinel_master = \"mymaster\"\n",
+        sentinel.url()
+    ))
+    .await;
+    shared(&world, &cookie, &master).await;
+    assert_eq!(
+        api(&world.gw, "/oauth2/sign_out", &cookie).await.status,
+        302
+    );
+    assert!(master.keys("gatehouse:s:*").is_empty());
+}
+
+#[tokio::test]
+async fn sessions_in_a_redis_cluster_are_shared_and_end_on_sign_out() {
+    let node = RedisServer::start_cluster();
+    let (world, cookie) = logged_in_with(&format!(
+        "store = \"redis\"\nredis_cluster = [\"{}\"]\n",
+        node.url()
+    ))
+    .await;
+    shared(&world, &cookie, &node).await;
+    assert_eq!(
+        api(&world.gw, "/oauth2/sign_out", &cookie).await.status,
+        302
+    );
+    assert!(node.keys("gatehouse:s:*").is_empty());
+    let reply = api(&world.replica(), "/oauth2/userinfo", &cookie).await;
+    assert_eq!(
+        reply.status,
+        401,
+        "signed out on every replica: {}",
+        reply.text()
+    );
 }

@@ -36,6 +36,7 @@ fn redis_store(server: &RedisServer) -> StoreConfig {
         topology: RedisTopology::Standalone(server.url().parse().unwrap()),
         username: None,
         password: None,
+        tls_ca_file: None,
     })
 }
 

@@ -2,6 +2,8 @@
 //! reach Redis (standalone, Sentinel or Cluster; `rediss://` for TLS; password and ACL user).
 //! Passwords are taken out of URLs here, so nothing after this prints one.
 
+use std::path::PathBuf;
+
 use toml_edit::{Array, Table, value};
 use url::Url;
 
@@ -18,6 +20,7 @@ pub(super) struct RawRedis {
     pub sentinels: Option<Vec<String>>,
     pub sentinel_master: Option<String>,
     pub cluster: Option<Vec<String>>,
+    pub tls_ca_file: Option<String>,
 }
 
 impl RawRedis {
@@ -31,6 +34,7 @@ impl RawRedis {
             ("redis_sentinels", self.sentinels.is_some()),
             ("redis_sentinel_master", self.sentinel_master.is_some()),
             ("redis_cluster", self.cluster.is_some()),
+            ("redis_tls_ca_file", self.tls_ca_file.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
@@ -209,6 +213,9 @@ impl Ctx<'_> {
         if !ok {
             return None;
         }
+        let tls = found
+            .first()
+            .is_some_and(|(_, f)| f.url.scheme() == "rediss");
         let mut urls = found.into_iter().map(|(_, f)| f.url);
         let topology = if raw.url.is_some() {
             RedisTopology::Standalone(urls.next()?)
@@ -220,10 +227,26 @@ impl Ctx<'_> {
         } else {
             RedisTopology::Cluster(urls.collect())
         };
+        let tls_ca_file = match raw.tls_ca_file {
+            Some(file) if tls => {
+                let path = p.key("redis_tls_ca_file");
+                let certs = self.certs(&path, &file)?;
+                Some((PathBuf::from(file), certs))
+            }
+            Some(_) => {
+                self.problem(
+                    &p.key("redis_tls_ca_file"),
+                    format!("only used with rediss:// URLs (`{topology_key}` is redis://)"),
+                );
+                return None;
+            }
+            None => None,
+        };
         Some(RedisConfig {
             topology,
             username,
             password,
+            tls_ca_file,
         })
     }
 
@@ -320,6 +343,9 @@ pub(super) fn render(t: &mut Table, store: &StoreConfig) {
     if let Some(pw) = &r.password {
         t["redis_password"] = value(pw.to_string());
     }
+    if let Some((file, _)) = &r.tls_ca_file {
+        t["redis_tls_ca_file"] = value(file.display().to_string());
+    }
 }
 
 #[cfg(test)]
@@ -384,6 +410,40 @@ mod tests {
         ));
         assert_eq!(r.username.as_deref(), Some("gw"));
         assert_eq!(r.password.unwrap().expose(), "from-file");
+    }
+
+    #[test]
+    fn a_private_ca_is_read_at_start_and_only_for_rediss() {
+        let dir = std::env::temp_dir().join(format!("gatehouse-redis-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("ca.pem");
+        let ca = rcgen::generate_simple_self_signed(vec!["redis.internal".into()]).unwrap();
+        std::fs::write(&f, ca.cert.pem()).unwrap();
+        let r = redis(&format!(
+            "store = \"redis\"\nredis_url = \"rediss://redis.internal\"\nredis_tls_ca_file = \"{}\"",
+            f.display()
+        ));
+        let (file, certs) = r.tls_ca_file.unwrap();
+        assert_eq!(file, f);
+        assert_eq!(certs.len(), 1);
+
+        let plain = load(&format!(
+            "store = \"redis\"\nredis_url = \"redis://redis.internal\"\nredis_tls_ca_file = \"{}\"",
+            f.display()
+        ))
+        .unwrap_err();
+        assert!(
+            plain[0].contains("session.redis_tls_ca_file: only used with rediss:// URLs"),
+            "{plain:?}"
+        );
+        let missing = load(
+            "store = \"redis\"\nredis_url = \"rediss://redis.internal\"\nredis_tls_ca_file = \"/nonexistent/ca.pem\"",
+        )
+        .unwrap_err();
+        assert!(
+            missing[0].contains("session.redis_tls_ca_file: cannot read /nonexistent/ca.pem"),
+            "{missing:?}"
+        );
     }
 
     #[test]

@@ -14,7 +14,9 @@ use crate::support::world::free_addr;
 pub struct RedisServer {
     pub addr: SocketAddr,
     persistent: bool,
-    dir: TempDir,
+    /// More `redis-server` arguments (TLS, ACL users, cluster mode).
+    extra: Vec<String>,
+    pub dir: TempDir,
     child: Option<ChildGuard>,
 }
 
@@ -29,15 +31,102 @@ impl RedisServer {
         Self::launch(true)
     }
 
+    /// A throwaway server with more arguments; its plain port stays open for the harness.
+    pub fn start_with(extra: &[&str]) -> Self {
+        Self::launch_with(false, extra.iter().map(|s| (*s).to_owned()).collect())
+    }
+
     fn launch(persistent: bool) -> Self {
+        Self::launch_with(persistent, Vec::new())
+    }
+
+    fn launch_with(persistent: bool, extra: Vec<String>) -> Self {
         let mut server = Self {
             addr: free_addr(),
             persistent,
+            extra,
             dir: TempDir::new("redis"),
             child: None,
         };
         server.restart();
         server
+    }
+
+    /// A server with TLS on a second port, its certificate signed by a fresh private CA
+    /// (for 127.0.0.1): (server, the TLS port's `rediss://` URL, the CA's PEM file).
+    pub fn start_tls() -> (Self, String, std::path::PathBuf) {
+        let dir = TempDir::new("redis-tls");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "gatehouse test Redis CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let ca_file = dir.write("ca.pem", &ca_cert.pem());
+        let cert_file = dir.write("redis.pem", &cert.pem());
+        let key_file = dir.write("redis.key", &key.serialize_pem());
+        let tls_port = free_addr().port();
+        let server = Self::start_with(&[
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            cert_file.to_str().unwrap(),
+            "--tls-key-file",
+            key_file.to_str().unwrap(),
+            "--tls-ca-cert-file",
+            ca_file.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+        ]);
+        let url = format!("rediss://127.0.0.1:{tls_port}");
+        // The CA file outlives this function in the server's own directory.
+        let kept = server.dir.write("ca.pem", &ca_cert.pem());
+        drop(dir);
+        (server, url, kept)
+    }
+
+    /// A one-node Redis Cluster owning all 16384 slots, ready (`cluster_state:ok`).
+    pub fn start_cluster() -> Self {
+        let server = Self::start_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ]);
+        let mut conn = server.connection();
+        let _: () = redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(0)
+            .arg(16383)
+            .query(&mut conn)
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn).unwrap();
+            if info.contains("cluster_state:ok") {
+                break server;
+            }
+            assert!(Instant::now() < deadline, "cluster not ready: {info}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The names of the users connected now (`CLIENT LIST`), the harness's own included.
+    pub fn client_users(&self) -> Vec<String> {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut self.connection())
+            .unwrap();
+        list.split_whitespace()
+            .filter_map(|field| field.strip_prefix("user="))
+            .map(str::to_owned)
+            .collect()
     }
 
     pub fn url(&self) -> String {
@@ -58,6 +147,7 @@ impl RedisServer {
         } else {
             cmd.args(["--appendonly", "no"]);
         }
+        cmd.args(&self.extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -128,5 +218,64 @@ impl RedisServer {
             .arg(key)
             .query(&mut self.connection())
             .unwrap()
+    }
+}
+
+/// A Redis Sentinel (`redis-server --sentinel`) on 127.0.0.1 watching `master` under the name
+/// `mymaster`, killed by pid when dropped.
+pub struct Sentinel {
+    pub addr: SocketAddr,
+    _dir: TempDir,
+    _child: ChildGuard,
+}
+
+impl Sentinel {
+    pub fn start(master: &RedisServer) -> Self {
+        let dir = TempDir::new("sentinel");
+        let addr = free_addr();
+        let conf = dir.write(
+            "sentinel.conf",
+            &format!(
+                "port {}\nbind 127.0.0.1\ndir {}\nlogfile sentinel.log\n\
+                 sentinel monitor mymaster 127.0.0.1 {} 1\n",
+                addr.port(),
+                dir.0.display(),
+                master.addr.port()
+            ),
+        );
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt redis-server) is installed");
+        let sentinel = Self {
+            addr,
+            _dir: dir,
+            _child: ChildGuard(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let named: Option<Vec<String>> = redis::Client::open(format!("redis://{addr}"))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500)))
+                .and_then(|mut c| {
+                    redis::cmd("SENTINEL")
+                        .arg("get-master-addr-by-name")
+                        .arg("mymaster")
+                        .query(&mut c)
+                })
+                .ok();
+            if named.is_some_and(|a| a.get(1) == Some(&master.addr.port().to_string())) {
+                break sentinel;
+            }
+            assert!(Instant::now() < deadline, "the sentinel did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
     }
 }
