@@ -334,11 +334,24 @@ fn found_token(uri: &Uri, param: &str) -> Option<String> {
 /// RFC 6750 §2.1 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 fn is_b64token(s: &str) -> bool {
     let body = s.trim_end_matches('=');
-    !body.is_empty()
-        && body.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
-        })
+    !body.is_empty() && body.bytes().all(|b| B64TOKEN_BYTE[usize::from(b)])
 }
+
+/// The bytes a `b64token` body may hold, by value. Every bearer request checks its whole token
+/// (~700 bytes for a typical JWT): one load a byte instead of a chain of range checks, which
+/// was 5 % of the user time of the hot-token path (`perf`).
+static B64TOKEN_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b: u8 = 0;
+    loop {
+        table[b as usize] =
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        if b == u8::MAX {
+            break table;
+        }
+        b += 1;
+    }
+};
 
 /// RFC 7617: `user-id ":" password`, base64; a user id never contains `:`.
 fn decode_basic(b64: &str) -> Option<(String, Secret<String>)> {
@@ -354,6 +367,18 @@ fn decode_basic(b64: &str) -> Option<(String, Secret<String>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_b64token_table_is_exactly_the_rfc_6750_alphabet() {
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/";
+        for b in 0..=u8::MAX {
+            assert_eq!(
+                B64TOKEN_BYTE[usize::from(b)],
+                alphabet.contains(&b),
+                "byte {b:#04x}"
+            );
+        }
+    }
 
     #[test]
     fn b64token_syntax() {
