@@ -5,36 +5,7 @@
 
 use gatehouse::demo::provider::IdTokenFault;
 
-use crate::support::Reply;
-use crate::support::world::{Browser, World, hidden, location};
-
-/// Signs in as alice at the provider, starting from `/app`, and returns the gateway's answer
-/// to the callback (where the ID token is checked).
-async fn callback_reply(world: &World, browser: &mut Browser) -> Reply {
-    let to_provider = location(&browser.get(&world.gw.url("/app")).await);
-    assert!(
-        to_provider.starts_with(world.provider.issuer()),
-        "{to_provider}"
-    );
-    let form_page = browser.get(&to_provider).await;
-    assert_eq!(form_page.status, 200, "{}", form_page.text());
-    let request_id = hidden(&form_page.text(), "request_id");
-    let back = browser
-        .request(
-            "POST",
-            &format!("{}/authorize", world.provider.issuer()),
-            Some(format!(
-                "request_id={request_id}&username=alice&email=alice%40example.com&action=login"
-            )),
-        )
-        .await;
-    let callback = location(&back);
-    assert!(
-        callback.starts_with(&world.gw.url("/oauth2/callback")),
-        "{callback}"
-    );
-    browser.get(&callback).await
-}
+use crate::support::world::{Browser, World, callback_reply, location};
 
 /// The whole login with `fault` must fail closed at the callback, and the gateway must log that
 /// it rejected the ID token for `reason` (so each test proves the check it is named after).

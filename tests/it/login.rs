@@ -8,7 +8,7 @@ use http::Request;
 use http_body_util::Full;
 
 use crate::support::upstream::Upstream;
-use crate::support::world::{Browser, World, free_addr, hidden, location, login};
+use crate::support::world::{Browser, World, callback_reply_from, free_addr, location, login};
 use crate::support::{Gateway, send};
 
 #[tokio::test]
@@ -151,22 +151,12 @@ async fn a_tampered_or_truncated_session_cookie_is_no_session() {
 async fn open_redirects_after_login_are_refused() {
     let world = World::start("").await;
     let mut browser = world.browser();
-    let start = browser
-        .get(&world.gw.url("/oauth2/start?rd=%2F%2Fevil.example%2Fphish"))
-        .await;
-    let to_provider = location(&start);
-    let form_page = browser.get(&to_provider).await;
-    let request_id = hidden(&form_page.text(), "request_id");
-    let back = browser
-        .request(
-            "POST",
-            &format!("{}/authorize", world.provider.issuer()),
-            Some(format!(
-                "request_id={request_id}&username=alice&email=alice%40example.com&action=login"
-            )),
-        )
-        .await;
-    let landed = browser.get(&location(&back)).await;
+    let landed = callback_reply_from(
+        &world,
+        &mut browser,
+        "/oauth2/start?rd=%2F%2Fevil.example%2Fphish",
+    )
+    .await;
     assert_eq!(location(&landed), "/");
 }
 

@@ -272,23 +272,11 @@ async fn back_channel_logout_on_one_replica_ends_the_session_on_both() {
     }
 }
 
-/// A person logs in at `world` up to the provider's redirect back; the status of the
-/// callback, where the new session is stored.
+/// A person logs in at `world`; the status of the callback, where the new session is stored.
 async fn callback_status(world: &World) -> http::StatusCode {
-    let mut browser = world.browser();
-    let to_provider = world::location(&browser.get(&world.gw.url("/hello")).await);
-    let form_page = browser.get(&to_provider).await;
-    let request_id = world::hidden(&form_page.text(), "request_id");
-    let back = browser
-        .request(
-            "POST",
-            &format!("{}/authorize", world.provider.issuer()),
-            Some(format!(
-                "request_id={request_id}&username=alice&email=alice%40example.com&action=login"
-            )),
-        )
-        .await;
-    browser.get(&world::location(&back)).await.status
+    world::callback_reply(world, &mut world.browser())
+        .await
+        .status
 }
 
 /// The replica and Redis agree: the session made through the first gateway is served by the

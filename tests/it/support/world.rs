@@ -248,3 +248,36 @@ pub async fn login(
     let target = absolute(&gw, &location(&landed));
     (browser.get(&target).await, callback)
 }
+
+/// Signs in as alice at the provider, starting from `/app`, and returns the gateway's answer
+/// to the callback (where the ID token is checked and the session stored).
+pub async fn callback_reply(world: &World, browser: &mut Browser) -> Reply {
+    callback_reply_from(world, browser, "/app").await
+}
+
+/// The same, starting from `start` (a path of the gateway).
+pub async fn callback_reply_from(world: &World, browser: &mut Browser, start: &str) -> Reply {
+    let to_provider = location(&browser.get(&world.gw.url(start)).await);
+    assert!(
+        to_provider.starts_with(world.provider.issuer()),
+        "{to_provider}"
+    );
+    let form_page = browser.get(&to_provider).await;
+    assert_eq!(form_page.status, 200, "{}", form_page.text());
+    let request_id = hidden(&form_page.text(), "request_id");
+    let back = browser
+        .request(
+            "POST",
+            &format!("{}/authorize", world.provider.issuer()),
+            Some(format!(
+                "request_id={request_id}&username=alice&email=alice%40example.com&action=login"
+            )),
+        )
+        .await;
+    let callback = location(&back);
+    assert!(
+        callback.starts_with(&world.gw.url("/oauth2/callback")),
+        "{callback}"
+    );
+    browser.get(&callback).await
+}
