@@ -301,7 +301,7 @@ mod tests {
         };
         let mut id = person("a@example.com", true, &["admins"]);
         assert!(matches!(a.decide(&policy, &id), Decision::Deny(_)));
-        id.claims.insert(
+        std::sync::Arc::make_mut(&mut id.claims).insert(
             "realm_access".into(),
             serde_json::json!({ "roles": ["dev", "ops"] }),
         );

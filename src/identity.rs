@@ -22,7 +22,8 @@ pub struct Identity {
     /// The token's scopes (`scope`, space-separated, or `scp`), for `scopes = [...]` policies.
     pub scopes: Vec<String>,
     /// Claims kept for route policies (`claims = { … }`).
-    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// Shared: a verified token's identity is cloned out of the cache on every request.
+    pub claims: std::sync::Arc<serde_json::Map<String, serde_json::Value>>,
     pub access_token: Option<Secret<String>>,
 }
 

@@ -199,7 +199,7 @@ pub fn identity_from_claims(claims: Claims, groups_claim: &[String]) -> Option<I
         groups: groups_at(&claims, groups_claim),
         client_id,
         scopes,
-        claims,
+        claims: claims.into(),
         access_token: None,
     })
 }

@@ -656,7 +656,7 @@ fn identity_of(session: Session) -> Identity {
         groups: session.groups,
         client_id: None,
         scopes: Vec::new(),
-        claims: session.claims,
+        claims: session.claims.into(),
         access_token: session.access_token,
     }
 }
