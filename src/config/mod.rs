@@ -335,7 +335,9 @@ pub struct ServerConfig {
     pub proxy_prefix: String,
     /// `[server] shutdown_timeout`, default 30 s: how long in-flight requests may drain.
     pub shutdown_timeout: Duration,
-    /// `[server] header_read_timeout`, default 10 s (slowloris defence, rule 20).
+    /// `[server] header_read_timeout`, default 10 s (slowloris defence, rule 20): from the
+    /// accept (or the previous response) to a complete request head; enforced at most
+    /// `timer::tick_for` late (server/timer.rs).
     pub header_read_timeout: Duration,
     /// `[server] max_header_bytes`, default 32 KiB: request line + headers.
     pub max_header_bytes: usize,

@@ -4,6 +4,7 @@
 //! and drains in-flight requests on shutdown. It hands every request to [`Gateway::handle`] and
 //! knows nothing about routing, authentication or upstreams.
 
+mod first_bytes;
 mod timer;
 
 use std::convert::Infallible;
@@ -25,6 +26,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
+use self::first_bytes::FirstBytes;
 use self::timer::CoarseTimer;
 use crate::config::{Config, TlsConfig};
 use crate::context::ConnInfo;
@@ -219,8 +221,9 @@ impl Worker {
             let _ = stream.set_nodelay(true);
             match &tls {
                 None => {
+                    let io = TokioIo::new(FirstBytes::new(stream, handshake_timeout));
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .serve_connection_with_upgrades(io, service)
                         .into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
@@ -248,8 +251,9 @@ impl Worker {
                                     return;
                                 }
                             };
+                        let io = TokioIo::new(FirstBytes::new(tls, handshake_timeout));
                         let conn = builder
-                            .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                            .serve_connection_with_upgrades(io, service)
                             .into_owned();
                         if let Err(err) = watcher.watch(conn).await {
                             tracing::debug!(%peer, error = %err, "connection ended with an error");

@@ -429,10 +429,32 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     )
     .await;
     assert!(
-        started.elapsed() < Duration::from_secs(10),
+        started.elapsed() < Duration::from_secs(5),
         "slowloris connection was kept open for {:?}",
         started.elapsed()
     );
+    assert_eq!(up.count(), 0);
+}
+
+/// Rule 20 before any request head: a client that connects and sends nothing, or stops inside
+/// the HTTP/2 preface (where the protocol is not yet known and hyper's own deadline has not
+/// started), is cut off at the header-read timeout too.
+#[tokio::test]
+async fn a_client_that_sends_nothing_or_half_a_preface_is_disconnected() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        "[server]\nheader_read_timeout = \"500ms\"\n{}",
+        one_upstream(&up)
+    ));
+    for first in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let started = Instant::now();
+        raw_exchange(gw.addr, first, Duration::from_secs(20)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a connection that sent {first:?} was kept open for {:?}",
+            started.elapsed()
+        );
+    }
     assert_eq!(up.count(), 0);
 }
 

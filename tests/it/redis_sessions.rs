@@ -337,14 +337,22 @@ async fn an_acl_user_limited_to_the_gatehouse_keys_is_enough_and_a_wrong_passwor
 
 #[tokio::test]
 async fn sessions_through_sentinel_live_in_the_master_it_names() {
-    let master = RedisServer::start();
+    // The gateway's ACL user exists on the master only: credentials sent to the sentinel
+    // (which has no such user) would fail the login.
+    let master =
+        RedisServer::start_with(&["--user", "gatehouse", "on", ">s3cret-pw", "~*", "+@all"]);
     let sentinel = Sentinel::start(&master);
     let (world, cookie) = logged_in_with(&format!(
-        "store = \"redis\"\nredis_sentinels = [\"{}\"]\nredis_sentinel_master = \"mymaster\"\n",
+        "store = \"redis\"\nredis_sentinels = [\"{}\"]\nredis_sentinel_master = \"mymaster\"\n\
+         redis_username = \"gatehouse\"\nredis_password = \"s3cret-pw\"\n",
         sentinel.url()
     ))
     .await;
     shared(&world, &cookie, &master).await;
+    assert!(
+        master.client_users().iter().any(|u| u == "gatehouse"),
+        "the gateway is connected to the master as its ACL user"
+    );
     assert_eq!(
         api(&world.gw, "/oauth2/sign_out", &cookie).await.status,
         302

@@ -17,6 +17,8 @@ pub struct RedisServer {
     /// More `redis-server` arguments (TLS, ACL users, cluster mode).
     extra: Vec<String>,
     pub dir: TempDir,
+    /// Files the server reads again on a restart (TLS certificates), kept while it lives.
+    files: Option<TempDir>,
     child: Option<ChildGuard>,
 }
 
@@ -46,6 +48,7 @@ impl RedisServer {
             persistent,
             extra,
             dir: TempDir::new("redis"),
+            files: None,
             child: None,
         };
         server.restart();
@@ -72,7 +75,7 @@ impl RedisServer {
         let cert_file = dir.write("redis.pem", &cert.pem());
         let key_file = dir.write("redis.key", &key.serialize_pem());
         let tls_port = free_addr().port();
-        let server = Self::start_with(&[
+        let mut server = Self::start_with(&[
             "--tls-port",
             &tls_port.to_string(),
             "--tls-cert-file",
@@ -85,10 +88,8 @@ impl RedisServer {
             "no",
         ]);
         let url = format!("rediss://127.0.0.1:{tls_port}");
-        // The CA file outlives this function in the server's own directory.
-        let kept = server.dir.write("ca.pem", &ca_cert.pem());
-        drop(dir);
-        (server, url, kept)
+        server.files = Some(dir);
+        (server, url, ca_file)
     }
 
     /// A one-node Redis Cluster owning all 16384 slots, ready (`cluster_state:ok`).
