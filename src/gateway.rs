@@ -264,7 +264,8 @@ impl Gateway {
             let lease = match client {
                 Some(c) => match c.lease().await {
                     Ok(lease) => Some(lease),
-                    Err(e) => return Ok(answer::unavailable(&e.to_string())),
+                    // The failure itself was logged where it happened (upstream_token.rs).
+                    Err(_) => return Ok(answer::unavailable("upstream token")),
                 },
                 None => None,
             };

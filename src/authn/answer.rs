@@ -133,7 +133,7 @@ pub fn is_invalid_token<B>(resp: &Response<B>) -> bool {
 }
 
 /// A dependency of authentication could not be asked: 503, try again shortly (rule 36).
-pub fn unavailable(what: &str) -> Response<Body> {
+pub fn unavailable(what: &'static str) -> Response<Body> {
     if let Some(suppressed) = outage_log_due(what) {
         tracing::warn!(
             dependency = what,
@@ -153,11 +153,12 @@ pub fn unavailable(what: &str) -> Response<Body> {
 /// One 503 line per dependency every [`OUTAGE_LOG_EVERY`], not one per request: during an
 /// outage every request fails the same way. Answers how many answers went unlogged since the
 /// last line, when a line is due.
-fn outage_log_due(what: &str) -> Option<u64> {
+fn outage_log_due(what: &'static str) -> Option<u64> {
     use std::collections::HashMap;
     use std::sync::Mutex;
     use std::time::Instant;
-    static LAST: Mutex<Option<HashMap<String, (Instant, u64)>>> = Mutex::new(None);
+    // Keyed by the dependency's fixed name: one entry per kind of dependency, never per error.
+    static LAST: Mutex<Option<HashMap<&'static str, (Instant, u64)>>> = Mutex::new(None);
     let mut last = LAST
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -175,7 +176,7 @@ fn outage_log_due(what: &str) -> Option<u64> {
             Some(n)
         }
         None => {
-            map.insert(what.to_owned(), (now, 0));
+            map.insert(what, (now, 0));
             Some(0)
         }
     }

@@ -114,11 +114,6 @@ impl BearerAuth {
         self.query_parameter.as_deref()
     }
 
-    /// The JWT checker (for tests and benchmarks).
-    pub fn jwt(&self) -> &JwtVerifier {
-        &self.jwt
-    }
-
     /// Authenticates from a token (or bridged Basic credentials); `None` when the request
     /// presents neither, so the session cookie is asked next.
     pub async fn authenticate(

@@ -5,7 +5,6 @@
 //! asked is [`Verdict::Unavailable`], never a pass and never a 401 (rule 36).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -53,7 +52,6 @@ pub struct Introspector {
     groups_claim: Vec<String>,
     ttl: Duration,
     answers: moka::future::Cache<TokenHash, Arc<Remembered>>,
-    calls: AtomicU64,
 }
 
 impl std::fmt::Debug for Introspector {
@@ -61,7 +59,6 @@ impl std::fmt::Debug for Introspector {
         f.debug_struct("Introspector")
             .field("endpoint", &self.endpoint.as_ref().map(Url::as_str))
             .field("client_id", &self.client_id)
-            .field("calls", &self.calls.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -86,13 +83,7 @@ impl Introspector {
                 .max_capacity(100_000)
                 .expire_after(ExpireWhenDue)
                 .build(),
-            calls: AtomicU64::new(0),
         })
-    }
-
-    /// How many introspection calls were made (tests, metrics).
-    pub fn calls(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
     }
 
     pub async fn introspect(&self, token: &str, now: u64) -> Verdict {
@@ -149,7 +140,6 @@ impl Introspector {
                     })?
             }
         };
-        self.calls.fetch_add(1, Ordering::Relaxed);
         let call = TokenCall {
             http: &self.http,
             endpoint,

@@ -169,11 +169,6 @@ impl JwtVerifier {
         runtime.spawn(keep_loaded(Arc::downgrade(self)));
     }
 
-    /// How many JWKS fetches all issuers made (for tests and metrics).
-    pub fn jwks_fetches(&self) -> u64 {
-        self.issuers.iter().map(|i| i.jwks().fetch_count()).sum()
-    }
-
     /// The verdict on `token`, already known to be of a sane size and a compact JWS shape.
     pub async fn verify(&self, token: &str, now: u64) -> Verdict {
         let hash = token_hash(token);

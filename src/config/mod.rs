@@ -251,9 +251,9 @@ pub struct RedisConfig {
     /// `redis_password` / `redis_password_file` or the URL's password.
     pub password: Option<Secret<String>>,
     /// `redis_tls_ca_file` (rediss:// only): the CAs that sign the Redis servers'
-    /// certificates, trusted instead of the system roots. The file as configured, its
-    /// certificates as read at start.
-    pub tls_ca_file: Option<(PathBuf, Vec<CertificateDer<'static>>)>,
+    /// certificates, trusted instead of the system roots. The file as configured, and its
+    /// PEM as read (and checked to hold certificates) at start: the form the redis crate reads.
+    pub tls_ca_file: Option<(PathBuf, Vec<u8>)>,
 }
 
 /// Exactly one deployment shape.

@@ -614,9 +614,18 @@ impl Ctx<'_> {
     }
 
     fn certs(&mut self, path: &KeyPath, file: &str) -> Option<Vec<CertificateDer<'static>>> {
+        self.pem_certs(path, file).map(|(_, certs)| certs)
+    }
+
+    /// A PEM file of at least one certificate: its bytes, and the certificates in it.
+    fn pem_certs(
+        &mut self,
+        path: &KeyPath,
+        file: &str,
+    ) -> Option<(Vec<u8>, Vec<CertificateDer<'static>>)> {
         let bytes = self.read(path, file)?;
         match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
-            Ok(certs) if !certs.is_empty() => Some(certs),
+            Ok(certs) if !certs.is_empty() => Some((bytes, certs)),
             Ok(_) => {
                 self.problem(path, format!("no PEM certificate found in {file}"));
                 None

@@ -490,8 +490,6 @@ impl DevProvider {
         &self.service.secret
     }
 
-    /// How many `grant_type=password` requests reached the token endpoint (any outcome,
-    /// failed client authentication included).
     /// The provider session ids (`sid`) of `user`'s current sign-ins.
     pub fn sids_of(&self, user: &str) -> Vec<String> {
         self.lock()
@@ -521,18 +519,15 @@ impl DevProvider {
     /// Ends every sign-in of `user`, as an administrator disabling them would: their refresh
     /// tokens stop working and `/userinfo` refuses their access tokens.
     pub fn end_sign_ins_of(&self, user: &str) {
+        let sids = self.sids_of(user);
         let mut state = self.lock();
-        let sids: Vec<String> = state
-            .logins
-            .iter()
-            .filter(|(_, l)| l.sub == user)
-            .map(|(sid, _)| sid.clone())
-            .collect();
         for sid in sids {
             state.end_login(&sid);
         }
     }
 
+    /// How many `grant_type=password` requests reached the token endpoint (any outcome,
+    /// failed client authentication included).
     pub fn password_grant_requests(&self) -> u64 {
         self.password_grants.load(Ordering::SeqCst)
     }

@@ -133,11 +133,6 @@ impl Login {
         self.store.cookies().strip_own_cookies(headers);
     }
 
-    /// The session store (cookie or Redis).
-    pub fn store(&self) -> &SessionStore {
-        &self.store
-    }
-
     /// Authenticate from the session cookie. An expired session is cleared and is no session;
     /// a store that cannot be asked is [`Authn::Unavailable`]. An access token about to expire
     /// is refreshed first (see [`crate::session::refresh`]).

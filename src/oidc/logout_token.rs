@@ -26,8 +26,6 @@ pub struct LogoutRequest {
     pub sid: Option<String>,
     pub sub: Option<String>,
     pub jti: String,
-    /// Until when the `jti` must be remembered (Unix seconds).
-    pub remember_until: u64,
 }
 
 /// What a valid logout token must match.
@@ -161,12 +159,7 @@ fn check_claims(
         return Err("neither sid nor sub");
     }
     let jti = text("jti").ok_or("missing jti")?;
-    Ok(LogoutRequest {
-        sid,
-        sub,
-        jti,
-        remember_until: iat + MAX_AGE_SECS + 2 * expect.leeway,
-    })
+    Ok(LogoutRequest { sid, sub, jti })
 }
 
 #[cfg(test)]

@@ -68,11 +68,13 @@ pub async fn tick(every: Duration) {
             let mut due = Vec::new();
             if let Some(list) = list.as_mut() {
                 for slot in &mut list.slots {
-                    if slot.armed && !slot.fired && slot.deadline <= now {
+                    // A free slot has no waker: only owned, unfired ones are due.
+                    if !slot.fired
+                        && slot.deadline <= now
+                        && let Some(waker) = slot.waker.take()
+                    {
                         slot.fired = true;
-                        if let Some(waker) = slot.waker.take() {
-                            due.push(waker);
-                        }
+                        due.push(waker);
                     }
                 }
             }
@@ -112,8 +114,8 @@ struct List {
 
 struct Slot {
     deadline: Instant,
+    /// Set while a [`Deadline`] owns the slot and has not fired; `None` when free.
     waker: Option<Waker>,
-    armed: bool,
     fired: bool,
 }
 
@@ -157,7 +159,6 @@ impl Future for Deadline {
                     let slot = Slot {
                         deadline: this.deadline,
                         waker: Some(cx.waker().clone()),
-                        armed: true,
                         fired: false,
                     };
                     let index = match list.free.pop() {
@@ -201,7 +202,6 @@ impl Drop for Deadline {
                 && list.id == id
                 && let Some(slot) = list.slots.get_mut(index)
             {
-                slot.armed = false;
                 slot.waker = None;
                 list.free.push(index);
             }

@@ -97,7 +97,6 @@ pub struct LoginState {
     pub created_at: u64,
 }
 
-/// 128 random bits as 32 lowercase hex digits.
 /// Claims the session keeps for route policies: everything but the protocol's own and the
 /// ones stored in their own fields.
 const PROTOCOL_CLAIMS: [&str; 16] = [
@@ -154,6 +153,7 @@ fn session_from(
     })
 }
 
+/// 128 random bits as 32 lowercase hex digits.
 pub fn random_hex_128() -> String {
     format!("{:032x}", rand::random::<u128>())
 }

@@ -532,22 +532,6 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
-/// Certificates as PEM, the form the redis crate reads its roots from.
-fn pem(certs: &[rustls::pki_types::CertificateDer<'_>]) -> Vec<u8> {
-    use base64::Engine as _;
-    let mut out = String::new();
-    for cert in certs {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
-        out.push_str("-----BEGIN CERTIFICATE-----\n");
-        for line in b64.as_bytes().chunks(64) {
-            out.push_str(&String::from_utf8_lossy(line));
-            out.push('\n');
-        }
-        out.push_str("-----END CERTIFICATE-----\n");
-    }
-    out.into_bytes()
-}
-
 fn build_error(err: &RedisError) -> SessionError {
     SessionError::InvalidStoreSettings(err.to_string())
 }
@@ -570,9 +554,9 @@ impl Redis {
         let certs = config
             .tls_ca_file
             .as_ref()
-            .map(|(_, certs)| redis::TlsCertificates {
+            .map(|(_, pem)| redis::TlsCertificates {
                 client_tls: None,
-                root_cert: Some(pem(certs)),
+                root_cert: Some(pem.clone()),
             });
         let topology = match &config.topology {
             RedisTopology::Standalone(url) => {

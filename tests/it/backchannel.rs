@@ -166,6 +166,17 @@ async fn replayed_forged_and_misdirected_logout_tokens_change_nothing() {
         400
     );
     assert_eq!(post_logout(&world, "").await.status, 400);
+    let get = send(
+        Request::get(
+            world
+                .gw
+                .url(&format!("/oauth2/backchannel_logout?logout_token={token}")),
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(get.status, 400, "a logout token in a GET is refused");
     assert!(
         still_in(&world, &mut alice).await,
         "nothing above may end the session"
@@ -195,12 +206,7 @@ async fn with_the_cookie_store_a_logout_reaches_only_the_replica_the_provider_ca
     let world = World::start("").await;
     let replica = world.replica();
     let browser = signed_in(&world, "alice").await;
-    let cookie = browser
-        .cookies(&world.gw.addr.to_string())
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let cookie = world.cookie_header(&browser);
     let api = |url: String| {
         let cookie = cookie.clone();
         async move {

@@ -12,7 +12,7 @@
 //! they fail, or always with `E2E_DIAG=1`.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -78,11 +78,9 @@ fn require_node_modules() {
     }
 }
 
-/// A port that was free a moment ago (bind 127.0.0.1:0, release). The gateway must know its own
-/// public URL before it starts, so it cannot use port 0; the short race is acceptable in tests.
+/// A free port for a gateway that must know its own public URL before it starts.
 fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    crate::support::world::free_addr().port()
 }
 
 /// `oidc-provider ready http://127.0.0.1:PORT`
@@ -490,6 +488,71 @@ fn refresh_gateway_config(port: u16, issuer: &str, upstream: &str) -> String {
         )
 }
 
+/// A refresh scenario of `scripts/e2e` run by Chromium against the refresh provider, a gateway
+/// configured by [`refresh_gateway_config`] and an echo app; what each test then inspects.
+struct RefreshRun {
+    provider: Provider,
+    gateway: Gateway,
+    upstream: Upstream,
+    stats: serde_json::Value,
+}
+
+impl RefreshRun {
+    fn diagnostics(&self) -> String {
+        format!(
+            "provider stats: {}\n--- provider output:\n{}\n--- gateway output:\n{}",
+            self.stats,
+            self.provider.logs(),
+            self.gateway.logs()
+        )
+    }
+}
+
+/// Runs `scenario` (named `test` in the browser's output) with `env(issuer)` added to the
+/// gateway, provider and token-lifetime variables, and asserts the browser side passed. `None`
+/// when the browser prerequisites are missing (the test then skips, as the others do).
+async fn run_refresh_scenario(
+    test: &'static str,
+    scenario: &'static str,
+    env: impl FnOnce(&str) -> Vec<(&'static str, String)>,
+) -> Option<RefreshRun> {
+    if !browser_prerequisites(test) {
+        return None;
+    }
+    require_node_modules();
+    let port = free_port();
+    let public_url = format!("http://127.0.0.1:{port}");
+    let provider = start_refresh_provider(&public_url);
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&refresh_gateway_config(
+        port,
+        &provider.issuer,
+        &upstream.url(),
+    ));
+    let mut all = vec![
+        ("GATEWAY_URL", public_url),
+        ("PROVIDER_URL", provider.issuer.clone()),
+        ("ACCESS_TTL", ACCESS_TTL_SECS.to_string()),
+    ];
+    all.extend(env(&provider.issuer));
+    let scenarios = [scenario];
+    let (ok, lines) = tokio::task::spawn_blocking(move || run_browser(test, &scenarios, &all))
+        .await
+        .unwrap();
+    let stats = provider.stats().await;
+    let run = RefreshRun {
+        provider,
+        gateway,
+        upstream,
+        stats,
+    };
+    if !ok || std::env::var_os("E2E_DIAG").is_some() {
+        eprintln!("{}", run.diagnostics());
+    }
+    assert_browser_passed(ok, &lines, &[scenario]);
+    Some(run)
+}
+
 /// How many `refresh_token` grants the provider answered, and the errors it gave.
 fn refresh_grants(stats: &serde_json::Value) -> (u64, serde_json::Value) {
     let rt = &stats["grants"]["refresh_token"];
@@ -503,46 +566,25 @@ fn refresh_grants(stats: &serde_json::Value) -> (u64, serde_json::Value) {
 /// (rotated-out) refresh token, never a revoked grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_stays_signed_in_across_several_token_lifetimes() {
-    const TEST: &str = "a_browser_stays_signed_in_across_several_token_lifetimes";
-    if !browser_prerequisites(TEST) {
+    let Some(run) = run_refresh_scenario(
+        "a_browser_stays_signed_in_across_several_token_lifetimes",
+        "stays-signed-in",
+        |_| {
+            vec![
+                ("STAY_PATH", "/app/stay?tab=1".to_owned()),
+                ("STAY_SECONDS", "18".to_owned()),
+                ("RELOAD_EVERY_MS", "1000".to_owned()),
+                ("MIN_ACCESS_TOKENS", "3".to_owned()),
+                ("SCENARIO_TIMEOUT", "60".to_owned()),
+            ]
+        },
+    )
+    .await
+    else {
         return;
-    }
-    require_node_modules();
-    let port = free_port();
-    let public_url = format!("http://127.0.0.1:{port}");
-    let provider = start_refresh_provider(&public_url);
-    let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&refresh_gateway_config(
-        port,
-        &provider.issuer,
-        &upstream.url(),
-    ));
-    let scenarios = ["stays-signed-in"];
-    let env = vec![
-        ("GATEWAY_URL", public_url),
-        ("PROVIDER_URL", provider.issuer.clone()),
-        ("ACCESS_TTL", ACCESS_TTL_SECS.to_string()),
-        ("STAY_PATH", "/app/stay?tab=1".to_owned()),
-        ("STAY_SECONDS", "18".to_owned()),
-        ("RELOAD_EVERY_MS", "1000".to_owned()),
-        ("MIN_ACCESS_TOKENS", "3".to_owned()),
-        ("SCENARIO_TIMEOUT", "60".to_owned()),
-    ];
-    let (ok, lines) = tokio::task::spawn_blocking(move || run_browser(TEST, &scenarios, &env))
-        .await
-        .unwrap();
-    let stats = provider.stats().await;
-    let diagnostics = || {
-        format!(
-            "provider stats: {stats}\n--- provider output:\n{}\n--- gateway output:\n{}",
-            provider.logs(),
-            gateway.logs()
-        )
     };
-    if !ok || std::env::var_os("E2E_DIAG").is_some() {
-        eprintln!("{}", diagnostics());
-    }
-    assert_browser_passed(ok, &lines, &scenarios);
+    let (stats, upstream) = (&run.stats, &run.upstream);
+    let diagnostics = || run.diagnostics();
 
     // What the app received: alice on every request, and the access token changing over time.
     let seen = upstream.seen();
@@ -592,7 +634,7 @@ async fn a_browser_stays_signed_in_across_several_token_lifetimes() {
 
     // The provider: one login, then exactly one rotating refresh grant per new access token
     // (the bursts of concurrent fetches shared theirs), and nothing refused or revoked.
-    let (refreshed, errors) = refresh_grants(&stats);
+    let (refreshed, errors) = refresh_grants(stats);
     assert_eq!(
         refreshed as usize,
         distinct.len() - 1,
@@ -612,14 +654,14 @@ async fn a_browser_stays_signed_in_across_several_token_lifetimes() {
         "{}",
         diagnostics()
     );
-    let provider_logs = provider.logs();
+    let provider_logs = run.provider.logs();
     assert!(
         provider_logs.contains("provider: grant refresh_token ok sub=alice rotations=")
             && !provider_logs.contains("already used"),
         "{}",
         diagnostics()
     );
-    let gateway_logs = gateway.logs();
+    let gateway_logs = run.gateway.logs();
     assert!(
         !gateway_logs.contains("session ended") && !gateway_logs.contains("refresh failed"),
         "{}",
@@ -633,51 +675,27 @@ async fn a_browser_stays_signed_in_across_several_token_lifetimes() {
 /// login form — no error page — and logging in again brings the page back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_whose_refresh_token_was_revoked_is_sent_to_sign_in_again() {
-    const TEST: &str = "a_browser_whose_refresh_token_was_revoked_is_sent_to_sign_in_again";
-    if !browser_prerequisites(TEST) {
+    let Some(run) = run_refresh_scenario(
+        "a_browser_whose_refresh_token_was_revoked_is_sent_to_sign_in_again",
+        "refresh-token-revoked",
+        |issuer| {
+            vec![
+                ("REVOKED_PATH", "/app/revoked?tab=1".to_owned()),
+                ("REVOKE_URL", format!("{issuer}/test/revoke?sub=alice")),
+                ("SCENARIO_TIMEOUT", "45".to_owned()),
+            ]
+        },
+    )
+    .await
+    else {
         return;
-    }
-    require_node_modules();
-    let port = free_port();
-    let public_url = format!("http://127.0.0.1:{port}");
-    let provider = start_refresh_provider(&public_url);
-    let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&refresh_gateway_config(
-        port,
-        &provider.issuer,
-        &upstream.url(),
-    ));
-    let scenarios = ["refresh-token-revoked"];
-    let env = vec![
-        ("GATEWAY_URL", public_url),
-        ("PROVIDER_URL", provider.issuer.clone()),
-        ("ACCESS_TTL", ACCESS_TTL_SECS.to_string()),
-        ("REVOKED_PATH", "/app/revoked?tab=1".to_owned()),
-        (
-            "REVOKE_URL",
-            format!("{}/test/revoke?sub=alice", provider.issuer),
-        ),
-        ("SCENARIO_TIMEOUT", "45".to_owned()),
-    ];
-    let (ok, lines) = tokio::task::spawn_blocking(move || run_browser(TEST, &scenarios, &env))
-        .await
-        .unwrap();
-    let stats = provider.stats().await;
-    let diagnostics = || {
-        format!(
-            "provider stats: {stats}\n--- provider output:\n{}\n--- gateway output:\n{}",
-            provider.logs(),
-            gateway.logs()
-        )
     };
-    if !ok || std::env::var_os("E2E_DIAG").is_some() {
-        eprintln!("{}", diagnostics());
-    }
-    assert_browser_passed(ok, &lines, &scenarios);
+    let (stats, upstream, gateway) = (&run.stats, &run.upstream, &run.gateway);
+    let diagnostics = || run.diagnostics();
 
     // The gateway asked once with the revoked refresh token, was refused, ended the session.
     assert_eq!(stats["admin_revocations"], 1, "{}", diagnostics());
-    let (refreshed, errors) = refresh_grants(&stats);
+    let (refreshed, errors) = refresh_grants(stats);
     assert_eq!(refreshed, 0, "{}", diagnostics());
     let refused: u64 = errors
         .as_object()

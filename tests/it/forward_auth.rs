@@ -53,31 +53,6 @@ fn nginx_for(world: &World) -> Nginx {
     ))
 }
 
-async fn service_token(world: &World) -> String {
-    let req = Request::post(format!("{}/token", world.provider.issuer()))
-        .header(
-            "authorization",
-            format!(
-                "Basic {}",
-                base64_encode(&format!(
-                    "{SERVICE_CLIENT_ID}:{}",
-                    world.provider.service_client_secret().expose()
-                ))
-            ),
-        )
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(Full::new(Bytes::from("grant_type=client_credentials")))
-        .unwrap();
-    let reply = send(req).await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    reply.json()["access_token"].as_str().unwrap().to_owned()
-}
-
-fn base64_encode(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
 async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
     let mut req = Request::get(url);
     for (k, v) in headers {
@@ -90,7 +65,7 @@ async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
 async fn nginx_auth_request_lets_a_bearer_token_through_with_its_identity() {
     let world = World::start_with_server("trusted_proxies = [\"127.0.0.1/32\"]", BEARER).await;
     let nginx = nginx_for(&world);
-    let token = service_token(&world).await;
+    let token = world.service_token().await;
 
     let ok = get_with(
         &nginx.url("/api/items?x=1"),
@@ -152,12 +127,7 @@ async fn nginx_auth_request_lets_a_session_cookie_through_with_its_identity() {
     let mut browser = world.browser();
     let (page, _) = login(&world, &mut browser, "/", "alice", &["staff"]).await;
     assert_eq!(page.status, 200);
-    let cookies = browser.cookies(&world.gw.addr.to_string());
-    let cookie = cookies
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let cookie = world.cookie_header(&browser);
 
     let ok = get_with(&nginx.url("/reports"), &[("cookie", &cookie)]).await;
     assert_eq!(ok.status, 200, "{}", nginx.error_log());

@@ -20,16 +20,6 @@ fn redis_session(server: &RedisServer) -> String {
     )
 }
 
-/// The browser's cookies for the first gateway, as one `Cookie` header value.
-fn cookie_header(world: &World, browser: &world::Browser) -> String {
-    browser
-        .cookies(&world.gw.addr.to_string())
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// An API call (no navigation) to `gw` carrying `cookie`.
 async fn api(gw: &Gateway, path: &str, cookie: &str) -> Reply {
     send(
@@ -58,7 +48,7 @@ async fn logged_in_with(session: &str) -> (World, String) {
     let mut browser = world.browser();
     let (page, _) = world::login(&world, &mut browser, "/hello", "alice", &["staff"]).await;
     assert_eq!(page.status, 200, "{}", page.text());
-    let cookie = cookie_header(&world, &browser);
+    let cookie = world.cookie_header(&browser);
     (world, cookie)
 }
 
@@ -196,7 +186,7 @@ async fn two_replicas_refresh_a_shared_session_once() {
     let mut browser = world.browser();
     let (page, _) = world::login(&world, &mut browser, "/", "alice", &["staff"]).await;
     assert_eq!(page.status, 200, "{}", page.text());
-    let cookie = cookie_header(&world, &browser);
+    let cookie = world.cookie_header(&browser);
     let replica = world.replica();
     let first = world
         .app

@@ -24,15 +24,6 @@ async fn signed_in() -> (World, Browser) {
     (world, browser)
 }
 
-fn cookie_header(world: &World, browser: &Browser) -> String {
-    browser
-        .cookies(&world.gw.addr.to_string())
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// An API call (not a navigation) with exactly these cookies.
 async fn api(world: &World, cookie: &str) -> Reply {
     send(
@@ -56,7 +47,7 @@ fn token_seen(world: &World) -> String {
 #[tokio::test]
 async fn fifty_concurrent_requests_across_an_expiry_make_one_refresh() {
     let (world, browser) = signed_in().await;
-    let cookie = cookie_header(&world, &browser);
+    let cookie = world.cookie_header(&browser);
     assert_eq!(api(&world, &cookie).await.status, 200);
     let first = token_seen(&world);
     tokio::time::sleep(Duration::from_millis(2300)).await;
@@ -78,7 +69,7 @@ async fn fifty_concurrent_requests_across_an_expiry_make_one_refresh() {
 #[tokio::test]
 async fn a_request_with_the_old_cookie_after_rotation_gets_the_new_session() {
     let (world, mut browser) = signed_in().await;
-    let old = cookie_header(&world, &browser);
+    let old = world.cookie_header(&browser);
     tokio::time::sleep(Duration::from_millis(2300)).await;
     // The browser's request refreshes and stores the new cookie…
     assert_eq!(browser.get(&world.gw.url("/page")).await.status, 200);
@@ -100,7 +91,7 @@ async fn a_request_with_the_old_cookie_after_rotation_gets_the_new_session() {
 #[tokio::test]
 async fn a_refresh_token_revoked_at_the_provider_ends_the_session() {
     let (world, mut browser) = signed_in().await;
-    let cookie = cookie_header(&world, &browser);
+    let cookie = world.cookie_header(&browser);
     world.provider.end_sign_ins_of("alice");
     tokio::time::sleep(Duration::from_millis(2300)).await;
     // A script: 401, and the session cookie is cleared.
@@ -121,7 +112,7 @@ async fn a_refresh_token_revoked_at_the_provider_ends_the_session() {
 #[tokio::test]
 async fn a_provider_outage_during_refresh_uses_the_old_token_then_503_and_recovers() {
     let (world, browser) = signed_in().await;
-    let cookie = cookie_header(&world, &browser);
+    let cookie = world.cookie_header(&browser);
     assert_eq!(api(&world, &cookie).await.status, 200);
     // Time the steps against the token's own `exp` (whole seconds), not against the login,
     // which a busy machine can slow down.

@@ -230,8 +230,8 @@ impl Ctx<'_> {
         let tls_ca_file = match raw.tls_ca_file {
             Some(file) if tls => {
                 let path = p.key("redis_tls_ca_file");
-                let certs = self.certs(&path, &file)?;
-                Some((PathBuf::from(file), certs))
+                let (pem, _) = self.pem_certs(&path, &file)?;
+                Some((PathBuf::from(file), pem))
             }
             Some(_) => {
                 self.problem(
@@ -423,9 +423,11 @@ mod tests {
             "store = \"redis\"\nredis_url = \"rediss://redis.internal\"\nredis_tls_ca_file = \"{}\"",
             f.display()
         ));
-        let (file, certs) = r.tls_ca_file.unwrap();
+        let (file, pem) = r.tls_ca_file.unwrap();
         assert_eq!(file, f);
-        assert_eq!(certs.len(), 1);
+        use rustls::pki_types::pem::PemObject as _;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem);
+        assert_eq!(certs.filter(Result::is_ok).count(), 1);
 
         let plain = load(&format!(
             "store = \"redis\"\nredis_url = \"redis://redis.internal\"\nredis_tls_ca_file = \"{}\"",

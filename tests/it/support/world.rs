@@ -24,14 +24,49 @@ pub struct World {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// A port that was free a moment ago (bind 127.0.0.1:0, release), for a server that must know
+/// its address before it starts. Never the same port twice in this test process: released
+/// ports come back from the kernel, and two tests starting servers on one would collide.
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut handed_out = HANDED_OUT.lock().unwrap();
+        if !handed_out.contains(&addr.port()) {
+            handed_out.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 impl World {
+    /// A client-credentials access token of the development provider's service client,
+    /// obtained at its token endpoint (client_secret_basic).
+    pub async fn service_token(&self) -> String {
+        use base64::Engine as _;
+        let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            provider::SERVICE_CLIENT_ID,
+            self.provider.service_client_secret().expose()
+        ));
+        let req = Request::post(format!("{}/token", self.provider.issuer()))
+            .header("authorization", format!("Basic {credentials}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from("grant_type=client_credentials")))
+            .unwrap();
+        let reply = send(req).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.json()["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// The `Cookie` header `browser` sends to this world's gateway.
+    pub fn cookie_header(&self, browser: &Browser) -> String {
+        browser.cookie_header(&self.gw.addr.to_string())
+    }
+
     /// A world whose gateway configuration gets `extra` TOML before its upstream.
     pub async fn start(extra: &str) -> Self {
         Self::start_with(None, extra).await
@@ -142,13 +177,8 @@ impl Browser {
             .uri(url)
             .header("accept", "text/html,application/xhtml+xml")
             .header("sec-fetch-mode", "navigate");
-        let jar = self.jars.entry(host.clone()).or_default();
-        if !jar.is_empty() {
-            let cookie = jar
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("; ");
+        let cookie = self.cookie_header(&host);
+        if !cookie.is_empty() {
             req = req.header("cookie", cookie);
         }
         let body = match form {
@@ -159,6 +189,7 @@ impl Browser {
             None => Bytes::new(),
         };
         let reply = send(req.body(Full::new(body)).unwrap()).await;
+        let jar = self.jars.entry(host).or_default();
         for set in reply.headers.get_all("set-cookie") {
             let set = set.to_str().unwrap();
             let (pair, attrs) = set.split_once(';').unwrap_or((set, ""));
@@ -175,6 +206,17 @@ impl Browser {
 
     pub fn cookies(&self, host: &str) -> BTreeMap<String, String> {
         self.jars.get(host).cloned().unwrap_or_default()
+    }
+
+    /// The `Cookie` header this browser sends to `host` (empty without cookies).
+    pub fn cookie_header(&self, host: &str) -> String {
+        self.jars
+            .get(host)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
