@@ -277,7 +277,7 @@ impl Gateway {
                 .ok_or(RejectReason::MissingHost)?;
             let login = self.login.as_ref();
             let names = &self.headers;
-            let token_header = self.bearer.as_ref().map(|b| b.header().clone());
+            let token_header = self.bearer.as_deref().map(BearerAuth::header);
             // With pass_token = false the caller's token must not reach the app at all, also not
             // in the URL when it came as a query parameter (rule 16).
             if matches!(credential, UpstreamCredential::Strip)

@@ -143,12 +143,17 @@ pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<String, RejectReas
             .map(|a| a.as_str())
             .ok_or(RejectReason::MissingHost)?,
     };
+    Ok(host_name(raw))
+}
+
+/// The host of a `Host`-style value (`name[:port]`, `[v6][:port]`), lowercased, without port.
+pub fn host_name(raw: &str) -> String {
     let without_port = match raw.rfind(':') {
         // An IPv6 literal keeps its colons inside brackets.
         Some(i) if !raw[i..].contains(']') => &raw[..i],
         _ => raw,
     };
-    Ok(without_port.to_ascii_lowercase())
+    without_port.to_ascii_lowercase()
 }
 
 /// Rule 21 and 26 in one pass over the raw target:

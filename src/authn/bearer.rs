@@ -16,7 +16,7 @@ use super::introspection::Introspector;
 use super::jwt::{JwtVerifier, looks_like_jwt};
 use super::{Caller, Refusal, Rejection, UpstreamCredential, Verdict};
 use crate::config::{Config, IssuerKeys, Secret};
-use crate::endpoints::login::now;
+use crate::oidc::unix_now as now;
 use crate::oidc::{Provider, ProviderError};
 
 /// Every bearer checker, shared by all workers.
@@ -234,10 +234,12 @@ impl BearerAuth {
         match (found.next(), found.next(), &from_header) {
             (None, _, _) => from_header,
             (Some(_), Some(_), _) => Presented::Malformed("the token parameter is repeated"),
-            (Some(_), None, Presented::Nothing) => match found_token(uri, param) {
-                Some(t) if is_b64token(&t) => Presented::Token(Cow::Owned(t)),
-                _ => Presented::Malformed("the token parameter is not a token"),
-            },
+            (Some(t), None, Presented::Nothing) if is_b64token(&t) => {
+                Presented::Token(Cow::Owned(t.into_owned()))
+            }
+            (Some(_), None, Presented::Nothing) => {
+                Presented::Malformed("the token parameter is not a token")
+            }
             // RFC 6750 §2: a client must not use more than one method per request.
             (Some(_), None, _) => Presented::Malformed("a token was sent in two places"),
         }
@@ -318,12 +320,6 @@ fn complete_from_id_token(identity: &mut crate::identity::Identity, claims: &cra
     if identity.preferred_username.is_none() {
         identity.preferred_username = text("preferred_username");
     }
-}
-
-fn found_token(uri: &Uri, param: &str) -> Option<String> {
-    url::form_urlencoded::parse(uri.query()?.as_bytes())
-        .find(|(k, _)| k == param)
-        .map(|(_, v)| v.into_owned())
 }
 
 /// RFC 6750 §2.1 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.

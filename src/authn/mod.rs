@@ -114,7 +114,7 @@ pub enum Refusal {
 pub fn edit_credential(
     headers: &mut HeaderMap,
     credential: UpstreamCredential,
-    header: Option<http::HeaderName>,
+    header: Option<&http::HeaderName>,
 ) {
     match credential {
         UpstreamCredential::Keep => {}

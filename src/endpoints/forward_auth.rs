@@ -8,13 +8,13 @@
 //! (rule 21) before a route policy is looked up. The gateway's own steps (authenticate,
 //! authorize) run in `gateway.rs`; this module reads the description and shapes the answers.
 
-use http::header::{HOST, WWW_AUTHENTICATE};
+use http::header::WWW_AUTHENTICATE;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 
 use crate::body::Body;
 use crate::config::HeadersConfig;
 use crate::identity::{self, Identity};
-use crate::router::{normalize_path, request_host};
+use crate::router::{host_name, normalize_path, request_host};
 
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
@@ -62,12 +62,7 @@ pub fn original<B>(req: &Request<B>, trusted: bool) -> Result<Option<Original>, 
         None => Method::GET,
     };
     let host = match one(headers, &X_FORWARDED_HOST)? {
-        Some(h) => {
-            let mut fake = HeaderMap::new();
-            let value = HeaderValue::from_str(h).map_err(|_| "bad X-Forwarded-Host\n")?;
-            fake.insert(HOST, value);
-            request_host(&Uri::default(), &fake).map_err(|_| "bad X-Forwarded-Host\n")?
-        }
+        Some(h) => host_name(h),
         None => request_host(req.uri(), headers).map_err(|_| "missing Host\n")?,
     };
     Ok(Some(Original {

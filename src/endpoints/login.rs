@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::header::SET_COOKIE;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
@@ -19,16 +19,11 @@ use crate::authz::{Authorizer, Decision};
 use crate::body::Body;
 use crate::config::Config;
 use crate::identity::Identity;
+use crate::oidc::unix_now as now;
 use crate::oidc::{self, Provider};
 use crate::session::logout::Logouts;
 use crate::session::refresh::{Refreshed, Refresher};
 use crate::session::{Loaded, LoginState, Session, SessionError, SessionStore, StoreShared};
-
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// States already redeemed at the callback, remembered until their login could have expired:
 /// a state is single-use even when an attacker replays the browser's login cookie with it.

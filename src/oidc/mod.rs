@@ -347,7 +347,8 @@ fn is_hmac(alg: &Algorithm) -> bool {
     matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch (0 for a clock before it), the unit of every token time.
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -6,7 +6,6 @@
 //! is [`super::id_token`]'s job, not this module's.
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -150,10 +149,7 @@ pub fn client_assertion(
     alg: Algorithm,
     kid: Option<&str>,
 ) -> Result<String, ProviderError> {
-    let iat = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let iat = super::unix_now();
     let claims = AssertionClaims {
         iss: client_id.to_owned(),
         sub: client_id.to_owned(),

@@ -225,7 +225,7 @@ fn renewed(
     session.access_token = Some(tokens.access_token.clone());
     session.access_expires_at = tokens
         .expires_in
-        .map(|s| crate::endpoints::login::now().saturating_add(s));
+        .map(|s| crate::oidc::unix_now().saturating_add(s));
     // Without rotation the provider sends no new refresh token: the old one stays valid.
     session.refresh_token = tokens
         .refresh_token

@@ -12,12 +12,7 @@ use crate::support::world::{Browser, World, location, login};
 use crate::support::{Reply, send};
 use gatehouse::oidc::logout_token::BACKCHANNEL_LOGOUT_EVENT;
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+use gatehouse::oidc::unix_now as now;
 
 fn claims(world: &World, sid: Option<&str>, sub: Option<&str>) -> Value {
     let mut c = json!({

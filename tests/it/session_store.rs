@@ -130,12 +130,7 @@ impl Jar {
     }
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+use gatehouse::oidc::unix_now as now;
 
 /// A typical person: email, 5 groups, an ID token, an access token and a refresh token of
 /// realistic sizes (RS256 JWTs of ~1 KB, an opaque refresh token).
