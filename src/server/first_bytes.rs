@@ -109,50 +109,37 @@ mod tests {
 
     use super::*;
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
+    #[tokio::test]
+    async fn silence_fails_the_read_at_the_deadline() {
+        let (a, _b) = tokio::io::duplex(64);
+        let mut guarded = FirstBytes::new(a, Duration::from_millis(100));
+        let started = Instant::now();
+        let err = guarded.read(&mut [0u8; 8]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(100));
     }
 
-    #[test]
-    fn silence_fails_the_read_at_the_deadline() {
-        runtime().block_on(async {
-            let (a, _b) = tokio::io::duplex(64);
-            let mut guarded = FirstBytes::new(a, Duration::from_millis(100));
-            let started = Instant::now();
-            let err = guarded.read(&mut [0u8; 8]).await.unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-            assert!(started.elapsed() >= Duration::from_millis(100));
-        });
+    #[tokio::test]
+    async fn a_partial_preface_then_silence_fails_too() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut guarded = FirstBytes::new(a, Duration::from_millis(100));
+        b.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(guarded.read(&mut buf).await.unwrap(), 16);
+        let err = guarded.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 
-    #[test]
-    fn a_partial_preface_then_silence_fails_too() {
-        runtime().block_on(async {
-            let (a, mut b) = tokio::io::duplex(64);
-            let mut guarded = FirstBytes::new(a, Duration::from_millis(100));
-            b.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
-            let mut buf = [0u8; 64];
-            assert_eq!(guarded.read(&mut buf).await.unwrap(), 16);
-            let err = guarded.read(&mut buf).await.unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        });
-    }
-
-    #[test]
-    fn once_the_deciding_bytes_arrived_a_quiet_peer_is_hypers_business() {
-        runtime().block_on(async {
-            let (a, mut b) = tokio::io::duplex(64);
-            let mut guarded = FirstBytes::new(a, Duration::from_millis(50));
-            b.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
-                .await
-                .unwrap();
-            let mut buf = [0u8; 64];
-            assert!(guarded.read(&mut buf).await.unwrap() >= DECIDING_BYTES);
-            let quiet = tokio::time::timeout(Duration::from_millis(300), guarded.read(&mut buf));
-            assert!(quiet.await.is_err(), "still waiting, no error of ours");
-        });
+    #[tokio::test]
+    async fn once_the_deciding_bytes_arrived_a_quiet_peer_is_hypers_business() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut guarded = FirstBytes::new(a, Duration::from_millis(50));
+        b.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert!(guarded.read(&mut buf).await.unwrap() >= DECIDING_BYTES);
+        let quiet = tokio::time::timeout(Duration::from_millis(300), guarded.read(&mut buf));
+        assert!(quiet.await.is_err(), "still waiting, no error of ours");
     }
 }

@@ -213,48 +213,35 @@ impl Drop for Deadline {
 mod tests {
     use super::*;
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
+    #[tokio::test]
+    async fn a_deadline_fires_no_earlier_than_asked_and_at_most_a_tick_late() {
+        tokio::spawn(tick(Duration::from_millis(10)));
+        tokio::task::yield_now().await;
+        let started = Instant::now();
+        CoarseTimer.sleep(Duration::from_millis(100)).await;
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(100), "{took:?}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
     }
 
-    #[test]
-    fn a_deadline_fires_no_earlier_than_asked_and_at_most_a_tick_late() {
-        runtime().block_on(async {
-            tokio::spawn(tick(Duration::from_millis(10)));
-            tokio::task::yield_now().await;
-            let started = Instant::now();
-            CoarseTimer.sleep(Duration::from_millis(100)).await;
-            let took = started.elapsed();
-            assert!(took >= Duration::from_millis(100), "{took:?}");
-            assert!(took < Duration::from_secs(1), "{took:?}");
-        });
+    #[tokio::test]
+    async fn a_dropped_deadline_frees_its_slot_for_the_next() {
+        tokio::spawn(tick(Duration::from_millis(10)));
+        tokio::task::yield_now().await;
+        for _ in 0..100 {
+            let mut sleep = CoarseTimer.sleep(Duration::from_secs(60));
+            let pending = std::future::poll_fn(|cx| Poll::Ready(sleep.as_mut().poll(cx))).await;
+            assert!(pending.is_pending());
+        }
+        let slots = LIST.with(|l| l.borrow().as_ref().map(|l| l.slots.len()));
+        assert_eq!(slots, Some(1), "each dropped deadline gave its slot back");
     }
 
-    #[test]
-    fn a_dropped_deadline_frees_its_slot_for_the_next() {
-        runtime().block_on(async {
-            tokio::spawn(tick(Duration::from_millis(10)));
-            tokio::task::yield_now().await;
-            for _ in 0..100 {
-                let mut sleep = CoarseTimer.sleep(Duration::from_secs(60));
-                let pending = std::future::poll_fn(|cx| Poll::Ready(sleep.as_mut().poll(cx))).await;
-                assert!(pending.is_pending());
-            }
-            let slots = LIST.with(|l| l.borrow().as_ref().map(|l| l.slots.len()));
-            assert_eq!(slots, Some(1), "each dropped deadline gave its slot back");
-        });
-    }
-
-    #[test]
-    fn without_a_ticker_on_the_thread_tokio_keeps_the_deadline() {
-        runtime().block_on(async {
-            let started = Instant::now();
-            CoarseTimer.sleep(Duration::from_millis(50)).await;
-            assert!(started.elapsed() >= Duration::from_millis(50));
-        });
+    #[tokio::test]
+    async fn without_a_ticker_on_the_thread_tokio_keeps_the_deadline() {
+        let started = Instant::now();
+        CoarseTimer.sleep(Duration::from_millis(50)).await;
+        assert!(started.elapsed() >= Duration::from_millis(50));
     }
 
     #[test]

@@ -597,7 +597,7 @@ async fn a_query_token_never_reaches_the_app_when_pass_token_is_false() {
     let seen = api.app.last();
     assert_eq!(seen.target, "/api/items?page=2&sort=asc");
     assert_eq!(seen.header("x-forwarded-user"), Some("query-caller"));
-    assert_eq!(seen.headers.get_all("authorization").iter().count(), 0);
+    assert_eq!(seen.all("authorization"), Vec::<&str>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -950,7 +950,7 @@ async fn the_callers_authorization_reaches_the_app_unless_pass_token_is_false() 
     let token = api.iss.mint(DEFAULT_AUDIENCE).sign();
     assert_eq!(api.get("/api/items", &token).await.status, 200);
     let seen = api.app.last();
-    assert_eq!(seen.headers.get_all("authorization").iter().count(), 0);
+    assert_eq!(seen.all("authorization"), Vec::<&str>::new());
     assert_eq!(seen.header("x-forwarded-user"), Some("alice"));
 }
 
@@ -985,12 +985,7 @@ async fn a_spoofed_client_id_header_is_replaced_by_the_tokens_client() {
         .sign();
     assert_eq!(send_with(cc).await.status, 200);
     let seen = api.app.last();
-    let ids: Vec<_> = seen
-        .headers
-        .get_all("x-forwarded-client-id")
-        .iter()
-        .collect();
-    assert_eq!(ids, ["svc-billing"]);
+    assert_eq!(seen.all("x-forwarded-client-id"), ["svc-billing"]);
     assert_eq!(seen.header("x-forwarded-user"), Some("svc-billing"));
 
     // Only `azp`: the client id comes from it.
@@ -1003,12 +998,7 @@ async fn a_spoofed_client_id_header_is_replaced_by_the_tokens_client() {
         .sign();
     assert_eq!(send_with(azp).await.status, 200);
     let seen = api.app.last();
-    let ids: Vec<_> = seen
-        .headers
-        .get_all("x-forwarded-client-id")
-        .iter()
-        .collect();
-    assert_eq!(ids, ["reports-app"]);
+    assert_eq!(seen.all("x-forwarded-client-id"), ["reports-app"]);
     assert_eq!(seen.header("x-forwarded-user"), Some("svc-reports"));
 
     // No client in the token: the app sees no client id at all, not the client's.
@@ -1020,12 +1010,8 @@ async fn a_spoofed_client_id_header_is_replaced_by_the_tokens_client() {
         .sign();
     assert_eq!(send_with(none).await.status, 200);
     let seen = api.app.last();
-    assert_eq!(
-        seen.headers.get_all("x-forwarded-client-id").iter().count(),
-        0
-    );
-    let users: Vec<_> = seen.headers.get_all("x-forwarded-user").iter().collect();
-    assert_eq!(users, ["someone"]);
+    assert_eq!(seen.all("x-forwarded-client-id"), Vec::<&str>::new());
+    assert_eq!(seen.all("x-forwarded-user"), ["someone"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,6 +37,15 @@ impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+
+    /// Every value of `name` as received (one per field line), in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("<not text>"))
+            .collect()
+    }
 }
 
 #[derive(Clone)]
