@@ -27,6 +27,29 @@ pub struct Identity {
     pub access_token: Option<Secret<String>>,
 }
 
+/// A string claim worth keeping: `None` when it is absent, empty or not a string. Sessions,
+/// bearer tokens and introspection answers all read identity claims through this.
+pub fn text_claim(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Option<String> {
+    claims
+        .get(name)
+        .and_then(serde_json::Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// `email_verified`: the boolean `true`, or the string `"true"` that some providers (AWS
+/// Cognito among them) send; anything else is not verified.
+pub fn email_verified(claims: &serde_json::Map<String, serde_json::Value>) -> bool {
+    match claims.get("email_verified") {
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::String(s)) => s == "true",
+        _ => false,
+    }
+}
+
 /// Sets the identity headers under the configured names. A value that cannot be a safe header
 /// value (CR, LF, NUL or other control characters, rule 31) is left out rather than forwarded;
 /// each group is percent-encoded where it contains `,` or `%`, so `"x,admin"` arrives as one

@@ -308,17 +308,16 @@ pub fn strip_query_token(uri: &mut Uri, param: &str) {
 
 /// Fills what the access token did not say from the ID token of the same subject.
 fn complete_from_id_token(identity: &mut crate::identity::Identity, claims: &crate::oidc::Claims) {
-    use serde_json::Value;
-    if claims.get("sub").and_then(Value::as_str) != Some(identity.user.as_str()) {
+    use crate::identity::{email_verified, text_claim};
+    if text_claim(claims, "sub").as_deref() != Some(identity.user.as_str()) {
         return;
     }
-    let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
     if identity.email.is_none() {
-        identity.email = text("email");
-        identity.email_verified = claims.get("email_verified") == Some(&Value::Bool(true));
+        identity.email = text_claim(claims, "email");
+        identity.email_verified = email_verified(claims);
     }
     if identity.preferred_username.is_none() {
-        identity.preferred_username = text("preferred_username");
+        identity.preferred_username = text_claim(claims, "preferred_username");
     }
 }
 

@@ -14,7 +14,7 @@ use super::jwt::{TokenHash, token_hash};
 use super::{Due, ExpireWhenDue, Rejection, Verdict, identity_from_claims};
 use crate::config::IntrospectionConfig;
 use crate::identity::Identity;
-use crate::oidc::id_token::number;
+use crate::oidc::jws::{audience_in, number};
 use crate::oidc::token::TokenCall;
 use crate::oidc::{Claims, ClientCredentials, HttpClient, Provider, ProviderError};
 
@@ -172,19 +172,12 @@ impl Introspector {
         if exp.is_some_and(|e| e <= now) {
             return inactive("expired", "the token has expired");
         }
-        if !self.audiences.is_empty() {
-            let ok = match claims.get("aud") {
-                None => true,
-                Some(Value::String(a)) => self.audiences.contains(a),
-                Some(Value::Array(list)) => list
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .any(|a| self.audiences.iter().any(|c| c == a)),
-                Some(_) => false,
-            };
-            if !ok {
-                return inactive("wrong_audience", "the token is not meant for this audience");
-            }
+        // RFC 7662 makes `aud` optional in the answer: checked when the provider gives one.
+        if !self.audiences.is_empty()
+            && claims.contains_key("aud")
+            && !audience_in(&claims, &self.audiences)
+        {
+            return inactive("wrong_audience", "the token is not meant for this audience");
         }
         match identity_from_claims(claims, &self.groups_claim) {
             Some(identity) => Answer::Active { identity, exp },

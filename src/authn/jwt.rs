@@ -12,7 +12,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -20,14 +19,13 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::digest;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 
 use super::{Due, ExpireWhenDue, Rejection, Verdict, identity_from_claims};
 use crate::config::{IssuerConfig, IssuerKeys};
 use crate::identity::Identity;
 use crate::oidc::discovery::{self, issuer_spellings};
-use crate::oidc::id_token::{IdTokenRejected, decode_object, number};
+use crate::oidc::jws::{Jws, JwsRejected, audience_in, number};
 use crate::oidc::{HttpClient, JWKS_REFETCH_INTERVAL, Jwks, Provider, ProviderError};
 
 /// A token's SHA-256: the only form in which tokens are remembered.
@@ -213,17 +211,9 @@ impl JwtVerifier {
     }
 
     async fn check(&self, token: &str, now: u64) -> Result<Verified, Check> {
-        let mut parts = token.split('.');
-        let (Some(h64), Some(p64), Some(s64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(invalid("not_compact_jws", "the token is not a signed JWT"));
-        };
-        if h64.is_empty() || p64.is_empty() || s64.is_empty() {
-            return Err(invalid("not_compact_jws", "the token is not a signed JWT"));
-        }
-        let header = decode_object(h64).map_err(malformed)?;
-        let claims = decode_object(p64).map_err(malformed)?;
+        // The bearer path capped the size already.
+        let jws = Jws::parse(token, usize::MAX).map_err(refused)?;
+        let claims = &jws.claims;
 
         // The issuer decides everything else, so find it first; an untrusted one is simply
         // not ours.
@@ -237,90 +227,31 @@ impl JwtVerifier {
             .find(|i| i.spellings.iter().any(|s| s == iss))
             .ok_or_else(|| invalid("untrusted_issuer", "the token's issuer is not trusted"))?;
         let cfg = &issuer.config;
-
-        let alg = header
-            .get("alg")
-            .and_then(Value::as_str)
-            .and_then(|a| Algorithm::from_str(a).ok())
-            .filter(|a| cfg.algorithms.contains(a))
-            .ok_or_else(|| {
-                invalid(
-                    "algorithm_not_allowed",
-                    "the token's algorithm is not accepted",
-                )
-            })?;
-        // RFC 7515 §4.1.11: extensions we do not understand must be refused; we understand none.
-        if header.contains_key("crit") {
+        if cfg.require_typ && jws.typ_is(&["at+jwt"]) != Some(true) {
             return Err(invalid(
-                "crit_header",
-                "the token has critical header extensions",
+                "wrong_typ",
+                "the token is not an access token (typ at+jwt)",
             ));
         }
-        if cfg.require_typ {
-            let typ = header.get("typ").and_then(Value::as_str).unwrap_or("");
-            let typ = typ.strip_prefix("application/").unwrap_or(typ);
-            if !typ.eq_ignore_ascii_case("at+jwt") {
-                return Err(invalid(
-                    "wrong_typ",
-                    "the token is not an access token (typ at+jwt)",
-                ));
-            }
-        }
-        let kid = match header.get("kid") {
-            None => None,
-            Some(Value::String(k)) => Some(k.as_str()),
-            Some(_) => return Err(malformed(IdTokenRejected::Malformed)),
-        };
-
-        // HMAC only with the configured shared secret: a token "signed" with the issuer's
-        // public key as an HMAC secret can never verify (algorithm confusion, rule 14).
-        let hmac;
-        let published;
-        let key: &DecodingKey =
-            if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-                let secret = cfg.hmac_secret.as_ref().ok_or_else(|| {
-                    invalid(
-                        "algorithm_not_allowed",
-                        "the token's algorithm is not accepted",
-                    )
-                })?;
-                hmac = DecodingKey::from_secret(secret.expose().as_bytes());
-                &hmac
-            } else {
-                let found = match kid {
-                    Some(kid) => issuer.jwks().get(kid).await,
-                    None => issuer.jwks().get_only(alg).await,
-                };
-                let found = found
-                    .map_err(|_| Check::Unavailable)?
-                    .filter(|k| k.accepts(alg))
-                    .ok_or_else(|| {
-                        invalid("unknown_key", "the token's signing key is not known")
-                    })?;
-                published = found;
-                &published.key
-            };
-        let message_len = h64.len() + 1 + p64.len();
-        let message = &token.as_bytes()[..message_len];
-        match jsonwebtoken::crypto::verify(s64, message, key, alg) {
-            Ok(true) => {}
-            _ => return Err(invalid("bad_signature", "the token's signature is invalid")),
-        }
+        let hmac_secret = cfg.hmac_secret.as_ref().map(|s| s.expose().as_bytes());
+        jws.verify(&cfg.algorithms, hmac_secret, issuer.jwks())
+            .await
+            .map_err(refused)?;
 
         // Claims, against our clock with bounded leeway.
         let leeway = cfg.leeway.as_secs();
-        let exp = number(&claims, "exp")
-            .map_err(malformed)?
+        let exp = number(claims, "exp")
+            .map_err(refused)?
             .ok_or_else(|| invalid("missing_exp", "the token has no expiry"))?;
         if exp.saturating_add(leeway) <= now {
             return Err(invalid("expired", "the token has expired"));
         }
-        if let Some(nbf) = number(&claims, "nbf").map_err(malformed)?
+        if let Some(nbf) = number(claims, "nbf").map_err(refused)?
             && nbf > now.saturating_add(leeway)
         {
             return Err(invalid("not_yet_valid", "the token is not valid yet"));
         }
-        if let Some(iat) = number(&claims, "iat").map_err(malformed)?
+        if let Some(iat) = number(claims, "iat").map_err(refused)?
             && iat > now.saturating_add(leeway)
         {
             return Err(invalid(
@@ -328,21 +259,13 @@ impl JwtVerifier {
                 "the token was issued in the future",
             ));
         }
-        let aud_ok = match claims.get("aud") {
-            Some(Value::String(a)) => cfg.audiences.contains(a),
-            Some(Value::Array(list)) => list
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|a| cfg.audiences.iter().any(|c| c == a)),
-            _ => false,
-        };
-        if !aud_ok {
+        if !audience_in(claims, &cfg.audiences) {
             return Err(invalid(
                 "wrong_audience",
                 "the token is not meant for this audience",
             ));
         }
-        let identity = identity_from_claims(claims, &self.groups_claim)
+        let identity = identity_from_claims(jws.claims, &self.groups_claim)
             .ok_or_else(|| invalid("missing_sub", "the token names no subject"))?;
         let valid_until_unix = exp.saturating_add(leeway);
         let valid_until =
@@ -393,13 +316,25 @@ fn invalid(reason: &'static str, description: &'static str) -> Check {
     })
 }
 
-fn malformed(e: IdTokenRejected) -> Check {
-    match e {
-        IdTokenRejected::DuplicateMember => {
-            invalid("duplicate_member", "the token has a duplicate JSON member")
+/// The answer for a token that failed the checks every JWT shares.
+fn refused(e: JwsRejected) -> Check {
+    let (reason, description) = match e {
+        JwsRejected::KeysUnavailable => return Check::Unavailable,
+        JwsRejected::TooLarge => ("too_large", "the token is too large"),
+        JwsRejected::NotCompactJws => ("not_compact_jws", "the token is not a signed JWT"),
+        JwsRejected::Malformed => ("malformed", "the token is malformed"),
+        JwsRejected::DuplicateMember => {
+            ("duplicate_member", "the token has a duplicate JSON member")
         }
-        _ => invalid("malformed", "the token is malformed"),
-    }
+        JwsRejected::AlgorithmNotAllowed => (
+            "algorithm_not_allowed",
+            "the token's algorithm is not accepted",
+        ),
+        JwsRejected::CriticalHeader => ("crit_header", "the token has critical header extensions"),
+        JwsRejected::UnknownKey => ("unknown_key", "the token's signing key is not known"),
+        JwsRejected::BadSignature => ("bad_signature", "the token's signature is invalid"),
+    };
+    invalid(reason, description)
 }
 
 /// Whether `token` looks like a compact JWS (three base64url segments, a JSON object header):

@@ -24,7 +24,7 @@ use serde_json::Value;
 use crate::authz::groups_at;
 use crate::config::Secret;
 use crate::endpoints::login::{Authn, Login};
-use crate::identity::Identity;
+use crate::identity::{Identity, email_verified, text_claim};
 use crate::oidc::Claims;
 pub use bearer::BearerAuth;
 
@@ -167,13 +167,7 @@ pub async fn authenticate(
 /// client), email, names, groups, the client it was issued to, its scopes. `None` when it names
 /// neither a subject nor a client.
 pub fn identity_from_claims(claims: Claims, groups_claim: &[String]) -> Option<Identity> {
-    let text = |name: &str| {
-        claims
-            .get(name)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    };
+    let text = |name: &str| text_claim(&claims, name);
     let client_id = text("client_id").or_else(|| text("azp"));
     let user = text("sub")
         .or_else(|| text("username"))
@@ -189,12 +183,10 @@ pub fn identity_from_claims(claims: Claims, groups_claim: &[String]) -> Option<I
             .collect(),
         _ => Vec::new(),
     };
-    let email_verified = matches!(claims.get("email_verified"), Some(Value::Bool(true)))
-        || matches!(claims.get("email_verified"), Some(Value::String(s)) if s == "true");
     Some(Identity {
         user,
         email: text("email"),
-        email_verified,
+        email_verified: email_verified(&claims),
         preferred_username: text("preferred_username"),
         groups: groups_at(&claims, groups_claim),
         client_id,

@@ -6,22 +6,17 @@
 //! claims mean (identity mapping) or check `at_hash` (the code flow's tokens come straight from
 //! the token endpoint over TLS, Core §3.1.3.8 makes it optional).
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
 use super::jwks::Jwks;
+pub use super::jws::Claims;
+use super::jws::{Jws, JwsRejected, audiences, number};
 
 /// ID tokens above this are refused before any decoding (rule 32).
 pub const MAX_ID_TOKEN_BYTES: usize = 16 * 1024;
-
-/// The validated claims of an ID token.
-pub type Claims = serde_json::Map<String, Value>;
 
 /// What a valid ID token must say.
 #[derive(Clone, Copy)]
@@ -95,6 +90,22 @@ pub enum IdTokenRejected {
     NonceMismatch,
 }
 
+impl From<JwsRejected> for IdTokenRejected {
+    fn from(e: JwsRejected) -> Self {
+        match e {
+            JwsRejected::TooLarge => Self::TooLarge,
+            JwsRejected::NotCompactJws => Self::NotCompactJws,
+            JwsRejected::Malformed => Self::Malformed,
+            JwsRejected::DuplicateMember => Self::DuplicateMember,
+            JwsRejected::AlgorithmNotAllowed => Self::AlgorithmNotAllowed,
+            JwsRejected::CriticalHeader => Self::CriticalHeader,
+            JwsRejected::UnknownKey => Self::UnknownKey,
+            JwsRejected::KeysUnavailable => Self::KeysUnavailable,
+            JwsRejected::BadSignature => Self::BadSignature,
+        }
+    }
+}
+
 impl IdTokenRejected {
     /// A short, stable reason for logs and metrics.
     pub fn reason(&self) -> &'static str {
@@ -126,100 +137,30 @@ pub async fn validate_id_token(
     jwks: &Jwks,
     expect: &Expectations<'_>,
 ) -> Result<Claims, IdTokenRejected> {
-    use IdTokenRejected as R;
-    if raw.len() > MAX_ID_TOKEN_BYTES {
-        return Err(R::TooLarge);
-    }
-    // Exactly three non-empty segments: no JSON serialisation, no JWE, no unsigned token.
-    let segments: Vec<&str> = raw.split('.').collect();
-    if segments.len() != 3 || segments.iter().any(|s| s.is_empty()) {
-        return Err(R::NotCompactJws);
-    }
-    let header = decode_object(segments[0])?;
-    // The payload is checked for duplicates here; jsonwebtoken decodes it again below.
-    let _ = decode_object(segments[1])?;
-
-    let alg_name = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .ok_or(R::Malformed)?;
-    let alg = Algorithm::from_str(alg_name).map_err(|_| R::AlgorithmNotAllowed)?;
-    if !expect.algorithms.contains(&alg) {
-        return Err(R::AlgorithmNotAllowed);
-    }
-    if header.contains_key("crit") {
-        return Err(R::CriticalHeader);
-    }
-    let kid = match header.get("kid") {
-        None => None,
-        Some(Value::String(kid)) => Some(kid.as_str()),
-        Some(_) => return Err(R::Malformed),
-    };
-
-    let key: DecodingKey = if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
-    {
-        let secret = expect.hmac_secret.ok_or(R::AlgorithmNotAllowed)?;
-        DecodingKey::from_secret(secret)
-    } else {
-        let found = match kid {
-            Some(kid) => jwks.get(kid).await,
-            None => jwks.get_only(alg).await,
-        };
-        let found = found
-            .map_err(|_| R::KeysUnavailable)?
-            .ok_or(R::UnknownKey)?;
-        if !found.accepts(alg) {
-            return Err(R::UnknownKey);
-        }
-        found.key.clone()
-    };
-
-    let mut validation = Validation::new(alg);
-    validation.algorithms = vec![alg];
-    validation.leeway = expect.leeway.as_secs();
-    // Time claims are checked below against the injected clock.
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.set_required_spec_claims(&["iss", "aud"]);
-    validation.set_issuer(&[expect.issuer]);
-    validation.set_audience(&[expect.client_id]);
-    let data =
-        jsonwebtoken::decode::<Claims>(raw, &key, &validation).map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature
-            | ErrorKind::InvalidEcdsaKey
-            | ErrorKind::InvalidEddsaKey
-            | ErrorKind::InvalidRsaKey(_)
-            | ErrorKind::InvalidKeyFormat => R::BadSignature,
-            ErrorKind::InvalidIssuer => R::WrongIssuer,
-            ErrorKind::InvalidAudience => R::WrongAudience,
-            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => R::AlgorithmNotAllowed,
-            ErrorKind::MissingRequiredClaim(c) if c == "iss" => R::MissingClaim("iss"),
-            ErrorKind::MissingRequiredClaim(c) if c == "aud" => R::MissingClaim("aud"),
-            _ => R::Malformed,
-        })?;
-    let claims = data.claims;
-    check_claims(&claims, expect)?;
-    Ok(claims)
+    let token = Jws::parse(raw, MAX_ID_TOKEN_BYTES)?;
+    token
+        .verify(expect.algorithms, expect.hmac_secret, jwks)
+        .await?;
+    check_claims(&token.claims, expect)?;
+    Ok(token.claims)
 }
 
-/// The checks jsonwebtoken does not make (or makes against its own clock).
+/// What the claims of an ID token must say (Core §3.1.3.7), against the injected clock.
 fn check_claims(claims: &Claims, expect: &Expectations<'_>) -> Result<(), IdTokenRejected> {
     use IdTokenRejected as R;
-    // jsonwebtoken checked `iss` by set membership; exact equality again costs nothing.
-    if claims.get("iss").and_then(Value::as_str) != Some(expect.issuer) {
-        return Err(R::WrongIssuer);
+    match claims.get("iss").and_then(Value::as_str) {
+        Some(iss) if iss == expect.issuer => {}
+        Some(_) => return Err(R::WrongIssuer),
+        None => return Err(R::MissingClaim("iss")),
     }
     match claims.get("sub").and_then(Value::as_str) {
         Some(sub) if !sub.is_empty() => {}
         _ => return Err(R::MissingClaim("sub")),
     }
-    let audiences: Vec<&str> = match claims.get("aud") {
-        Some(Value::String(a)) => vec![a.as_str()],
-        Some(Value::Array(list)) => list
-            .iter()
-            .map(|a| a.as_str().ok_or(R::WrongAudience))
-            .collect::<Result<_, _>>()?,
-        _ => return Err(R::MissingClaim("aud")),
+    let audiences = match audiences(claims) {
+        Some(audiences) => audiences,
+        None if claims.contains_key("aud") => return Err(R::WrongAudience),
+        None => return Err(R::MissingClaim("aud")),
     };
     if !audiences.contains(&expect.client_id) {
         return Err(R::WrongAudience);
@@ -255,68 +196,6 @@ fn check_claims(claims: &Claims, expect: &Expectations<'_>) -> Result<(), IdToke
     Ok(())
 }
 
-/// A NumericDate claim (RFC 7519 §2: may be fractional; we compare whole seconds).
-pub(crate) fn number(claims: &Claims, name: &'static str) -> Result<Option<u64>, IdTokenRejected> {
-    match claims.get(name) {
-        None => Ok(None),
-        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
-            (Some(v), _) => Ok(Some(v)),
-            (None, Some(f)) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => {
-                // Truncation is intended (fractional seconds do not matter at this leeway)
-                // and the range is checked just above.
-                let whole = f as u64;
-                Ok(Some(whole))
-            }
-            _ => Err(IdTokenRejected::Malformed),
-        },
-        Some(_) => Err(IdTokenRejected::Malformed),
-    }
-}
-
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Decodes one base64url JSON-object segment, refusing duplicate members (rule 32: parsers
-/// that disagree on which duplicate wins let an attacker show each a different value).
-pub(crate) fn decode_object(segment: &str) -> Result<Claims, IdTokenRejected> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(segment)
-        .map_err(|_| IdTokenRejected::Malformed)?;
-    match serde_json::from_slice::<UniqueObject>(&bytes) {
-        Ok(UniqueObject(map)) => Ok(map),
-        Err(e) if e.to_string().contains(DUPLICATE) => Err(IdTokenRejected::DuplicateMember),
-        Err(_) => Err(IdTokenRejected::Malformed),
-    }
-}
-
-const DUPLICATE: &str = "duplicate JSON member";
-
-/// A top-level JSON object whose member names are unique.
-struct UniqueObject(Claims);
-
-impl<'de> serde::Deserialize<'de> for UniqueObject {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = UniqueObject;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut access: A,
-            ) -> Result<UniqueObject, A::Error> {
-                let mut map = Claims::new();
-                while let Some((k, v)) = access.next_entry::<String, Value>()? {
-                    if map.contains_key(&k) {
-                        return Err(serde::de::Error::custom(DUPLICATE));
-                    }
-                    map.insert(k, v);
-                }
-                Ok(UniqueObject(map))
-            }
-        }
-        d.deserialize_map(Visitor)
-    }
 }

@@ -4,13 +4,11 @@
 //! back-channel logout event in `events`, a `sid` or `sub`, and no `nonce` (so an ID token can
 //! never pass for one). Replays (`jti`) are the endpoint's business.
 
-use std::str::FromStr;
-
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
-use super::id_token::{Claims, decode_object, number};
 use super::jwks::Jwks;
+use super::jws::{Claims, Jws, JwsRejected, audience_in, number};
 
 /// The event member §2.4 requires.
 pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -46,64 +44,17 @@ pub async fn validate_logout_token(
     jwks: &Jwks,
     expect: &LogoutExpectations<'_>,
 ) -> Result<LogoutRequest, LogoutRejected> {
-    if raw.len() > MAX_BYTES {
-        return Err("too large");
-    }
-    let mut parts = raw.split('.');
-    let (Some(h64), Some(p64), Some(s64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("not a compact JWS");
-    };
-    if h64.is_empty() || p64.is_empty() || s64.is_empty() {
-        return Err("not a compact JWS");
-    }
-    let header = decode_object(h64).map_err(|_| "malformed header")?;
-    let claims = decode_object(p64).map_err(|_| "malformed claims")?;
-    let alg = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .and_then(|a| Algorithm::from_str(a).ok())
-        .filter(|a| expect.algorithms.contains(a))
-        .ok_or("algorithm not allowed")?;
-    if header.contains_key("crit") {
-        return Err("crit header");
-    }
+    let token = Jws::parse(raw, MAX_BYTES).map_err(JwsRejected::phrase)?;
     // §2.4: `typ` should be `logout+jwt`; when present it must say so (an ID token or access
     // token is never a logout token).
-    if let Some(typ) = header.get("typ") {
-        let typ = typ.as_str().unwrap_or("");
-        let typ = typ.strip_prefix("application/").unwrap_or(typ);
-        if !typ.eq_ignore_ascii_case("logout+jwt") && !typ.eq_ignore_ascii_case("jwt") {
-            return Err("wrong typ");
-        }
+    if token.typ_is(&["logout+jwt", "jwt"]) == Some(false) {
+        return Err("wrong typ");
     }
-    let hmac;
-    let published;
-    let key: &DecodingKey = if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
-    {
-        hmac = DecodingKey::from_secret(expect.hmac_secret.ok_or("algorithm not allowed")?);
-        &hmac
-    } else {
-        let found = match header.get("kid") {
-            Some(Value::String(kid)) => jwks.get(kid).await,
-            None => jwks.get_only(alg).await,
-            Some(_) => return Err("malformed header"),
-        };
-        published = found
-            .map_err(|_| "keys unavailable")?
-            .filter(|k| k.accepts(alg))
-            .ok_or("unknown key")?;
-        &published.key
-    };
-    let message = &raw.as_bytes()[..h64.len() + 1 + p64.len()];
-    if !matches!(
-        jsonwebtoken::crypto::verify(s64, message, key, alg),
-        Ok(true)
-    ) {
-        return Err("bad signature");
-    }
-    check_claims(&claims, expect)
+    token
+        .verify(expect.algorithms, expect.hmac_secret, jwks)
+        .await
+        .map_err(JwsRejected::phrase)?;
+    check_claims(&token.claims, expect)
 }
 
 fn check_claims(
@@ -113,12 +64,7 @@ fn check_claims(
     if claims.get("iss").and_then(Value::as_str) != Some(expect.issuer) {
         return Err("wrong issuer");
     }
-    let aud_ok = match claims.get("aud") {
-        Some(Value::String(a)) => a == expect.client_id,
-        Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(expect.client_id)),
-        _ => false,
-    };
-    if !aud_ok {
+    if !audience_in(claims, &[expect.client_id]) {
         return Err("wrong audience");
     }
     let iat = number(claims, "iat")

@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod http;
 pub mod id_token;
 pub mod jwks;
+pub mod jws;
 pub mod logout_token;
 pub mod token;
 

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::authz::groups_at;
 use crate::config::Secret;
+use crate::identity::{email_verified, text_claim};
 
 /// A logged-in browser: who it is, the provider's tokens, and when it logged in and was last seen
 /// (unix seconds).
@@ -124,8 +125,8 @@ fn session_from(
     groups_claim: &[String],
     now: u64,
 ) -> Option<Session> {
-    let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
-    let sub = text("sub").filter(|s| !s.is_empty())?;
+    let text = |k: &str| text_claim(claims, k);
+    let sub = text("sub")?;
     let kept: Map<String, Value> = claims
         .iter()
         .filter(|(k, _)| !PROTOCOL_CLAIMS.contains(&k.as_str()) && k.as_str() != "name")
@@ -136,9 +137,7 @@ fn session_from(
         id: crate::oidc::random_token(32),
         sub,
         email: text("email"),
-        email_verified: claims
-            .get("email_verified")
-            .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true")),
+        email_verified: email_verified(claims),
         name: text("name"),
         preferred_username: text("preferred_username"),
         groups: groups_at(claims, groups_claim),
