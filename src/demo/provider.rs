@@ -276,6 +276,9 @@ pub enum IdTokenFault {
     /// Algorithm confusion: `HS256` with the provider's `kid`, keyed with the public key's
     /// bytes (the uncompressed SEC1 point from the JWKS) as the HMAC secret.
     HmacWithPublicKey,
+    /// Valid in every respect but naming another subject: what a relying party must refuse
+    /// when it refreshes a session (OpenID Connect Core §12.2).
+    OtherSubject,
 }
 
 /// The development OpenID provider. Cheap to share behind an `Arc`; all state is in memory.
@@ -283,8 +286,9 @@ pub struct DevProvider {
     issuer: String,
     access_token_ttl: Duration,
     refresh_token_ttl: Duration,
-    /// Off (`None`) unless a test turns it on with [`DevProvider::with_id_token_fault`].
-    id_token_fault: Option<IdTokenFault>,
+    /// Off (`None`) unless a test turns it on with [`DevProvider::with_id_token_fault`] or,
+    /// after a login, [`DevProvider::set_id_token_fault`].
+    id_token_fault: Mutex<Option<IdTokenFault>>,
     key: SigningKey,
     /// The `gatehouse` client.
     gateway: Client,
@@ -305,7 +309,7 @@ impl std::fmt::Debug for DevProvider {
         f.debug_struct("DevProvider")
             .field("issuer", &self.issuer)
             .field("kid", &self.key.kid)
-            .field("id_token_fault", &self.id_token_fault)
+            .field("id_token_fault", &self.id_token_fault())
             .field("gateway", &self.gateway)
             .field("service", &self.service)
             .finish_non_exhaustive()
@@ -417,7 +421,7 @@ impl DevProvider {
             issuer,
             access_token_ttl: DEFAULT_ACCESS_TOKEN_TTL,
             refresh_token_ttl: DEFAULT_REFRESH_TOKEN_TTL,
-            id_token_fault: None,
+            id_token_fault: Mutex::new(None),
             key,
             gateway: Client {
                 id: GATEWAY_CLIENT_ID.to_owned(),
@@ -465,9 +469,25 @@ impl DevProvider {
     ///
     /// For testing clients only — a misbehaving provider on purpose. It is never on by
     /// default, and `gatehouse demo` never turns it on.
-    pub fn with_id_token_fault(mut self, fault: IdTokenFault) -> Self {
-        self.id_token_fault = Some(fault);
+    pub fn with_id_token_fault(self, fault: IdTokenFault) -> Self {
+        self.set_id_token_fault(Some(fault));
         self
+    }
+
+    /// The same from now on (`None`: correct ID tokens again), so that a test can sign in
+    /// with a good ID token and get a faulty one at the next refresh.
+    pub fn set_id_token_fault(&self, fault: Option<IdTokenFault>) {
+        *self
+            .id_token_fault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fault;
+    }
+
+    fn id_token_fault(&self) -> Option<IdTokenFault> {
+        *self
+            .id_token_fault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The issuer identifier, without a trailing slash; discovery is at
@@ -524,6 +544,31 @@ impl DevProvider {
         for sid in sids {
             state.end_login(&sid);
         }
+    }
+
+    /// Replaces the groups of every current sign-in of `user`, as an administrator editing
+    /// them would: tokens issued from now on (refreshes included) carry `groups`.
+    pub fn set_groups_of(&self, user: &str, groups: &[&str]) {
+        let mut state = self.lock();
+        for login in state.logins.values_mut().filter(|l| l.sub == user) {
+            login.groups = groups.iter().map(|g| (*g).to_owned()).collect();
+        }
+    }
+
+    /// Every refresh token issued to `user`'s current sign-ins that the provider still
+    /// remembers, rotated-out ones included: for tests that search what a relying party sent
+    /// elsewhere for them.
+    pub fn refresh_tokens_of(&self, user: &str) -> Vec<String> {
+        let state = self.lock();
+        let of_user = |sid: &str| state.logins.get(sid).is_some_and(|l| l.sub == user);
+        let live = state.refresh.iter().filter(|(_, g)| of_user(&g.sid));
+        let spent = state
+            .spent_refresh
+            .iter()
+            .filter(|(_, (sid, _))| of_user(sid));
+        live.map(|(t, _)| t.clone())
+            .chain(spent.map(|(t, _)| t.clone()))
+            .collect()
     }
 
     /// How many `grant_type=password` requests reached the token endpoint (any outcome,
@@ -1314,7 +1359,7 @@ impl DevProvider {
     /// Signs an ID token, with the configured [`IdTokenFault`] if there is one.
     fn sign_id_token(&self, mut id: IdClaims) -> Result<String, OAuthError> {
         const HOUR: u64 = 3600;
-        let Some(fault) = self.id_token_fault else {
+        let Some(fault) = self.id_token_fault() else {
             return self.sign(&id, "JWT");
         };
         tracing::warn!(
@@ -1356,6 +1401,10 @@ impl DevProvider {
             }
             IdTokenFault::WrongNonce => {
                 id.nonce = Some(random_token(16));
+                self.sign(&id, "JWT")
+            }
+            IdTokenFault::OtherSubject => {
+                id.sub = format!("not-{}", id.sub);
                 self.sign(&id, "JWT")
             }
             IdTokenFault::AlgNone => {

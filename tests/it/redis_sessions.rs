@@ -372,3 +372,64 @@ async fn sessions_in_a_redis_cluster_are_shared_and_end_on_sign_out() {
         reply.text()
     );
 }
+
+/// A second session secret (base64 of 32 bytes), for rotation.
+const NEW_SECRET: &str = "cm90YXRlZC1zZXNzaW9uLXNlY3JldC0zMi1ieXRlcyE=";
+
+/// Edits a world's configuration to have exactly `secrets` as its session secrets.
+fn with_secrets(secrets: &[&str]) -> impl FnOnce(&str) -> String {
+    let quoted: Vec<String> = secrets.iter().map(|s| format!("\"{s}\"")).collect();
+    let line = format!("secrets = [{}]", quoted.join(", "));
+    move |config| {
+        let lines: Vec<&str> = config
+            .lines()
+            .map(|l| {
+                if l.starts_with("secret = ") || l.starts_with("secrets = ") {
+                    line.as_str()
+                } else {
+                    l
+                }
+            })
+            .collect();
+        lines.join("\n")
+    }
+}
+
+/// Rule 11 with the Redis store, where both the cookie (a sealed session id) and the value at
+/// rest are sealed: a deploy that puts a new secret first keeps everyone signed in, and the
+/// sessions made after it open with the new secret alone, so the old one can be retired.
+#[tokio::test]
+async fn a_rotated_secret_keeps_old_sessions_and_seals_new_ones_with_the_new_secret() {
+    const OLD: &str = world::SESSION_SECRET;
+    let redis = RedisServer::start();
+    let (mut world, before) = logged_in(&redis).await;
+
+    world.restart_with(with_secrets(&[NEW_SECRET, OLD])).await;
+    let reply = api(&world.gw, "/orders", &before).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(world.app.last().header("x-forwarded-user"), Some("alice"));
+
+    let mut browser = world.browser();
+    let (page, _) = world::login(&world, &mut browser, "/hello", "bob", &[]).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let after = world.cookie_header(&browser);
+
+    // The new secret alone opens the new session and not the old one; the old secret alone
+    // the other way round.
+    let new_only = world.replica_with(with_secrets(&[NEW_SECRET]));
+    let old_only = world.replica_with(with_secrets(&[OLD]));
+    for (gw, cookie, status, user) in [
+        (&new_only, &after, 200, Some("bob")),
+        (&new_only, &before, 401, None),
+        (&old_only, &before, 200, Some("alice")),
+        (&old_only, &after, 401, None),
+    ] {
+        let served = world.app.count();
+        let reply = api(gw, "/orders", cookie).await;
+        assert_eq!(reply.status, status, "{user:?}: {}", reply.text());
+        match user {
+            Some(user) => assert_eq!(world.app.last().header("x-forwarded-user"), Some(user)),
+            None => assert_eq!(world.app.count(), served, "the app was reached"),
+        }
+    }
+}

@@ -9,7 +9,11 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 
-use crate::support::world::{Browser, World, location, login};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::support::redis::RedisServer;
+use crate::support::world::{Browser, World, absolute, callback_reply, location, login};
 use crate::support::{Reply, send};
 
 /// Sessions refresh when their token has at most 1 s left; tokens live 3 s. The app receives
@@ -154,4 +158,179 @@ async fn sleep_until(unix: f64) {
     if unix > now {
         tokio::time::sleep(Duration::from_secs_f64(unix - now)).await;
     }
+}
+
+/// Claims come from the refreshed ID token: a group taken away at the provider is gone at the
+/// next refresh, from the app's headers and from the routes that require it.
+#[tokio::test]
+async fn a_group_removed_at_the_provider_is_dropped_at_the_next_refresh() {
+    let admin_only =
+        format!("{EXTRA}\n[[routes]]\npath_prefix = \"/admin\"\ngroups = [\"admins\"]\n");
+    let world = World::start_with_token_ttl(Duration::from_secs(3), &admin_only).await;
+    let mut browser = world.browser();
+    let (page, _) = login(
+        &world,
+        &mut browser,
+        "/admin/panel",
+        "alice",
+        &["admins", "staff"],
+    )
+    .await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert_eq!(
+        world.app.last().header("x-forwarded-groups"),
+        Some("admins,staff")
+    );
+
+    world.provider.set_groups_of("alice", &["staff"]);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let page = browser.get(&world.gw.url("/page")).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert_eq!(world.provider.refresh_grant_requests(), 1);
+    assert_eq!(world.app.last().header("x-forwarded-groups"), Some("staff"));
+
+    let served = world.app.count();
+    let refused = browser.get(&world.gw.url("/admin/panel")).await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert_eq!(world.app.count(), served, "the app was reached");
+    let info = browser.get(&world.gw.url("/oauth2/userinfo")).await;
+    assert_eq!(info.json()["groups"], serde_json::json!(["staff"]));
+}
+
+/// A refreshed ID token is validated like the first one and must name the session's subject
+/// (OpenID Connect Core §12.2): a forged, misaddressed or foreign one ends the session instead
+/// of renewing it. Each fault gets its own session, refreshed while the provider issues it.
+#[tokio::test]
+async fn a_refreshed_id_token_that_fails_validation_ends_the_session() {
+    use gatehouse::demo::provider::IdTokenFault;
+    let world = World::start_with_token_ttl(Duration::from_secs(3), EXTRA).await;
+    let cases = [
+        (
+            Some(IdTokenFault::BadSignature),
+            "ID token signature is invalid",
+        ),
+        (Some(IdTokenFault::WrongIssuer), "ID token issuer is wrong"),
+        (
+            Some(IdTokenFault::WrongAudience),
+            "ID token audience does not contain our client id",
+        ),
+        (
+            Some(IdTokenFault::OtherSubject),
+            "refreshed tokens name another subject",
+        ),
+        // The control: the same refresh with a good ID token renews the session.
+        (None, ""),
+    ];
+    let mut cookies = Vec::new();
+    for _ in &cases {
+        let mut browser = world.browser();
+        let (page, _) = login(&world, &mut browser, "/", "alice", &["staff"]).await;
+        assert_eq!(page.status, 200, "{}", page.text());
+        cookies.push(world.cookie_header(&browser));
+    }
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    for (n, ((fault, reason), cookie)) in cases.iter().zip(&cookies).enumerate() {
+        world.provider.set_id_token_fault(*fault);
+        let served = world.app.count();
+        let reply = api(&world, cookie).await;
+        assert_eq!(
+            world.provider.refresh_grant_requests(),
+            n as u64 + 1,
+            "{fault:?}"
+        );
+        if fault.is_none() {
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            assert_eq!(world.app.last().header("x-forwarded-user"), Some("alice"));
+            continue;
+        }
+        assert_eq!(reply.status, 401, "{fault:?}: {}", reply.text());
+        assert!(
+            reply
+                .headers
+                .get_all("set-cookie")
+                .iter()
+                .any(|c| c.to_str().unwrap().contains("Max-Age=0")),
+            "{fault:?}: the session cookie is cleared"
+        );
+        assert_eq!(world.app.count(), served, "{fault:?}: the app was reached");
+        let logs = world.gw.wait_for_log(reason).await;
+        assert!(
+            logs.contains(reason),
+            "{fault:?}: {reason:?} not logged:\n{logs}"
+        );
+        // Ended, not merely refused once: the same cookie stays signed out.
+        assert_eq!(api(&world, cookie).await.status, 401, "{fault:?}");
+    }
+}
+
+/// Rule 13 (refresh tokens never leave the gateway), with each store: through a login, a
+/// refresh and the endpoints a browser calls, no answer to the browser (headers, cookies, even
+/// decoded, or body) and nothing the app received carries a refresh token the provider issued.
+async fn refresh_tokens_stay_in_the_gateway(store: &str) {
+    let extra = format!(
+        "refresh_before = \"1s\"\n{store}\n[headers]\npass_access_token = true\n\
+         pass_authorization_header = true\n"
+    );
+    let world = World::start_with_token_ttl(Duration::from_secs(3), &extra).await;
+    let mut browser = world.browser();
+    let mut replies = Vec::new();
+    let landed = callback_reply(&world, &mut browser).await;
+    let target = absolute(&world.gw.url(""), &location(&landed));
+    replies.push(landed);
+    replies.push(browser.get(&target).await);
+    let mut jars = vec![browser.cookies(&world.gw.addr.to_string())];
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    replies.push(browser.get(&world.gw.url("/page")).await);
+    replies.push(api(&world, &world.cookie_header(&browser)).await);
+    replies.push(browser.get(&world.gw.url("/oauth2/userinfo")).await);
+    jars.push(browser.cookies(&world.gw.addr.to_string()));
+    assert!(replies.iter().skip(1).all(|r| r.status == 200));
+    assert_eq!(world.provider.refresh_grant_requests(), 1);
+
+    let issued = world.provider.refresh_tokens_of("alice");
+    assert_eq!(issued.len(), 2, "the login's and the refresh's");
+    let leaks = |text: &[u8]| {
+        let text = String::from_utf8_lossy(text);
+        issued.iter().any(|t| text.contains(t.as_str()))
+    };
+    for reply in &replies {
+        for (name, value) in &reply.headers {
+            assert!(!leaks(value.as_bytes()), "{name}: {value:?}");
+        }
+        assert!(!leaks(&reply.body), "{}", reply.text());
+    }
+    // Cookies are sealed, not merely encoded: not even their base64 hides one.
+    for jar in &jars {
+        for (name, value) in jar {
+            let decoded = URL_SAFE_NO_PAD.decode(value).unwrap_or_default();
+            assert!(!leaks(&decoded), "cookie {name} decodes to a refresh token");
+        }
+        let whole: String = jar.values().map(String::as_str).collect();
+        let decoded = URL_SAFE_NO_PAD.decode(whole).unwrap_or_default();
+        assert!(!leaks(&decoded), "the cookies decode to a refresh token");
+    }
+    let seen = world.app.seen();
+    assert_eq!(seen.len(), 3, "the landing page, /page and /api/data");
+    for s in seen {
+        assert!(!leaks(s.target.as_bytes()), "{}", s.target);
+        for (name, value) in &s.headers {
+            assert!(!leaks(value.as_bytes()), "the app got {name}: {value:?}");
+        }
+    }
+    assert!(!leaks(world.gw.logs().as_bytes()), "the gateway logged one");
+}
+
+#[tokio::test]
+async fn refresh_tokens_never_reach_the_browser_or_the_app_with_the_cookie_store() {
+    refresh_tokens_stay_in_the_gateway("").await;
+}
+
+#[tokio::test]
+async fn refresh_tokens_never_reach_the_browser_or_the_app_with_the_redis_store() {
+    let redis = RedisServer::start();
+    refresh_tokens_stay_in_the_gateway(&format!(
+        "store = \"redis\"\nredis_url = \"{}\"\n",
+        redis.url()
+    ))
+    .await;
 }

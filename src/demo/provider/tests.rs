@@ -673,7 +673,7 @@ fn secrets_do_not_leak_through_debug() {
 
 #[tokio::test]
 async fn id_token_faults_break_exactly_what_they_name() {
-    assert_eq!(provider().id_token_fault, None, "no fault by default");
+    assert_eq!(provider().id_token_fault(), None, "no fault by default");
     for fault in [
         IdTokenFault::BadSignature,
         IdTokenFault::WrongIssuer,
@@ -684,6 +684,7 @@ async fn id_token_faults_break_exactly_what_they_name() {
         IdTokenFault::WrongNonce,
         IdTokenFault::UnknownKid,
         IdTokenFault::HmacWithPublicKey,
+        IdTokenFault::OtherSubject,
     ] {
         let p = provider().with_id_token_fault(fault);
         let t = code_tokens(&p).await;
@@ -708,6 +709,10 @@ async fn id_token_faults_break_exactly_what_they_name() {
             IdTokenFault::WrongNonce => {
                 let claims = verdict.unwrap().claims;
                 assert_ne!(claims["nonce"], "n-456");
+            }
+            IdTokenFault::OtherSubject => {
+                let claims = verdict.unwrap().claims;
+                assert!(claims["sub"].is_string() && claims["sub"] != "alice");
             }
             IdTokenFault::Expired => {
                 assert!(claims["exp"].as_u64().unwrap() + 3000 < now, "{claims}");

@@ -14,6 +14,9 @@ use http_body_util::Full;
 use super::upstream::Upstream;
 use super::{Gateway, Reply, send};
 
+/// The gateway's `[session] secret` (base64 of 32 bytes), for tests that rotate it.
+pub const SESSION_SECRET: &str = "c2Vzc2lvbi1zZWNyZXQtZm9yLXRlc3RzLW9ubHktMzJieXRlcyE=";
+
 /// The development provider on 127.0.0.1, the app, and a gateway in front of it.
 pub struct World {
     pub provider: Arc<DevProvider>,
@@ -113,7 +116,7 @@ impl World {
         let config = format!(
             "[server]\nlisten = \"{gw_addr}\"\npublic_url = \"{public}\"\n{server}\n\n\
              [provider]\nissuer = \"{issuer}\"\nclient_id = \"gatehouse\"\nclient_secret = \"{secret}\"\n\n\
-             [session]\nsecret = \"c2Vzc2lvbi1zZWNyZXQtZm9yLXRlc3RzLW9ubHktMzJieXRlcyE=\"\n\n\
+             [session]\nsecret = \"{SESSION_SECRET}\"\n\n\
              {extra}\n\
              [[upstreams]]\nurl = \"{app}\"\n",
             secret = provider.gateway_client_secret().expose(),
@@ -149,8 +152,24 @@ impl World {
     /// Another gateway process with the same configuration (same secrets, provider and app)
     /// on its own port: a second replica behind a load balancer.
     pub fn replica(&self) -> Gateway {
+        self.replica_with(str::to_owned)
+    }
+
+    /// A replica whose configuration is this world's after `edit` (another secret, say).
+    pub fn replica_with(&self, edit: impl FnOnce(&str) -> String) -> Gateway {
         let listen = format!("listen = \"{}\"", self.gw.addr);
-        Gateway::start(&self.config.replace(&listen, "listen = \"127.0.0.1:0\""))
+        Gateway::start(&edit(&self.config).replace(&listen, "listen = \"127.0.0.1:0\""))
+    }
+
+    /// Stops the gateway and starts it again on the same address with its configuration after
+    /// `edit`: a deploy of a new configuration. The provider's redirect URI names this address,
+    /// so logins keep working.
+    pub async fn restart_with(&mut self, edit: impl FnOnce(&str) -> String) {
+        let stopped = self.gw.terminate(std::time::Duration::from_secs(10));
+        assert!(stopped.is_some(), "the gateway did not stop on SIGTERM");
+        self.config = edit(&self.config);
+        self.gw = Gateway::start(&self.config);
+        self.wait_ready().await;
     }
 
     pub fn browser(&self) -> Browser {
