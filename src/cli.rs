@@ -83,6 +83,9 @@ async fn serve(config: Config) -> Result<(), String> {
     warn_insecure(&config);
     let server = Server::bind(config).await.map_err(|e| e.to_string())?;
     tracing::info!(address = %server.local_addr(), "gatehouse listening");
+    if let Some(addr) = server.metrics_addr() {
+        tracing::info!(address = %addr, "metrics at /metrics");
+    }
     server.run(server::shutdown_signal()).await;
     tracing::info!("gatehouse stopped");
     Ok(())

@@ -34,6 +34,7 @@ use crate::session::StoreShared;
 use crate::session::logout::Logouts;
 use crate::session::refresh::Refresher;
 use crate::telemetry;
+use crate::telemetry::metrics::{AuthOutcome, Metrics, Snapshot};
 use crate::upstream_token::{Lease, UpstreamClients};
 
 /// Why a gateway could not be built from a (valid) configuration.
@@ -45,6 +46,8 @@ pub enum BuildError {
     Provider(#[from] ProviderError),
     #[error(transparent)]
     Session(#[from] crate::session::SessionError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// What every worker shares: the provider (its metadata, keys and background refresh), the
@@ -58,6 +61,10 @@ pub struct Shared {
     upstream_clients: Arc<UpstreamClients>,
     /// The session stores' in-process locks and Redis health, shared by every worker.
     stores: Arc<StoreShared>,
+    /// `[metrics]`: `None` when off, and then nothing is counted.
+    metrics: Option<Arc<Metrics>>,
+    /// Whether sessions live in Redis (then its health is a metric).
+    redis_sessions: bool,
 }
 
 impl Shared {
@@ -88,6 +95,10 @@ impl Shared {
             .session
             .as_ref()
             .map_or(std::time::Duration::from_secs(86_400), |s| s.lifetime);
+        let metrics = match config.metrics {
+            Some(_) => Some(Arc::new(Metrics::new()?)),
+            None => None,
+        };
         Ok(Arc::new(Self {
             provider,
             refresher,
@@ -96,7 +107,26 @@ impl Shared {
             bearer,
             upstream_clients,
             stores: Arc::default(),
+            metrics,
+            redis_sessions: config
+                .session
+                .as_ref()
+                .is_some_and(|s| matches!(s.store, crate::config::StoreConfig::Redis(_))),
         }))
+    }
+
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+
+    /// What the shared parts counted or know, for a metrics scrape.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            provider_ready: self.provider.as_ref().map(|p| p.ready()),
+            refresh_grants: self.refresher.as_ref().map(|r| r.grants()),
+            upstream_token_requests: self.upstream_clients.token_requests(),
+            redis_up: self.redis_sessions.then(|| self.stores.redis_up()),
+        }
     }
 
     /// The bearer checkers, when `[bearer]` is configured (tests and benchmarks look inside).
@@ -122,6 +152,7 @@ pub struct Gateway {
     /// `[server] proxy_prefix`: where the built-in endpoints live.
     prefix: String,
     access_log: bool,
+    metrics: Option<Arc<Metrics>>,
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -149,6 +180,7 @@ impl Gateway {
             headers: config.headers.clone(),
             prefix: config.server.proxy_prefix.clone(),
             access_log: config.log.access_log,
+            metrics: shared.metrics.clone(),
         })
     }
 
@@ -177,6 +209,13 @@ impl Gateway {
                 .insert(X_REQUEST_ID, ctx.request_id.clone());
             if self.access_log {
                 telemetry::access(&ctx, response.status());
+            }
+            if let Some(metrics) = &self.metrics {
+                metrics.request(
+                    response.status(),
+                    ctx.started.elapsed(),
+                    ctx.upstream_latency,
+                );
             }
             Ok(response)
         }
@@ -312,14 +351,24 @@ impl Gateway {
     }
 
     async fn authenticate(&self, headers: &HeaderMap, uri: &Uri, bridge: bool) -> Caller {
-        authn::authenticate(
+        let caller = authn::authenticate(
             self.bearer.as_deref(),
             self.login.as_ref(),
             headers,
             uri,
             bridge,
         )
-        .await
+        .await;
+        if let Some(metrics) = &self.metrics {
+            metrics.authentication(match &caller {
+                Caller::Session { .. } => AuthOutcome::Session,
+                Caller::Token { .. } => AuthOutcome::Token,
+                Caller::Anonymous { .. } => AuthOutcome::Anonymous,
+                Caller::Refused(_) => AuthOutcome::Refused,
+                Caller::Unavailable(_) => AuthOutcome::Unavailable,
+            });
+        }
+        caller
     }
 
     fn realm(&self) -> &str {

@@ -264,4 +264,13 @@ impl UpstreamClients {
     pub fn get(&self, index: usize) -> Option<&Arc<UpstreamClient>> {
         self.0.get(index).and_then(Option::as_ref)
     }
+
+    /// Each protected upstream's name and the token requests made for it (metrics).
+    pub fn token_requests(&self) -> Vec<(String, u64)> {
+        self.0
+            .iter()
+            .flatten()
+            .map(|c| (c.name.to_string(), c.token_requests()))
+            .collect()
+    }
 }

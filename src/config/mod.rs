@@ -32,6 +32,8 @@ pub struct Config {
     pub source: Option<PathBuf>,
     pub server: ServerConfig,
     pub log: LogConfig,
+    /// `[metrics]`: Prometheus `/metrics` on its own address; `None` (the default) serves none.
+    pub metrics: Option<MetricsConfig>,
     pub headers: HeadersConfig,
     /// In the order written; the router picks the longest matching prefix among those whose
     /// host matches.
@@ -377,6 +379,12 @@ pub struct LogConfig {
     pub level: String,
     /// `[log] access_log`, default true: one event per request.
     pub access_log: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// `[metrics] listen`: never the public listener's address (rule 37).
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone)]

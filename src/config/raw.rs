@@ -14,6 +14,7 @@ use serde::Deserialize;
 pub struct RawConfig {
     pub server: Option<RawServer>,
     pub log: Option<RawLog>,
+    pub metrics: Option<RawMetrics>,
     pub headers: Option<RawHeaders>,
     pub upstreams: Option<Vec<RawUpstream>>,
     pub provider: Option<RawProvider>,
@@ -101,6 +102,12 @@ pub struct RawLog {
     pub format: Option<String>,
     pub level: Option<String>,
     pub access_log: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

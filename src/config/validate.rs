@@ -24,13 +24,13 @@ mod client;
 mod redis;
 
 use super::raw::{
-    RawAuthorization, RawClientAuth, RawConfig, RawHeaders, RawLog, RawProvider, RawRoute,
-    RawServer, RawSession, RawTls, RawUpstream,
+    RawAuthorization, RawClientAuth, RawConfig, RawHeaders, RawLog, RawMetrics, RawProvider,
+    RawRoute, RawServer, RawSession, RawTls, RawUpstream,
 };
 use super::{
     AuthorizationConfig, ClientAuth, Config, HeadersConfig, IdentityNames, LogConfig, LogFormat,
-    Policy, ProviderConfig, ProviderEndpoints, RouteConfig, RoutePath, SameSite, Secret,
-    ServerConfig, SessionConfig, TlsConfig, UpstreamConfig, env,
+    MetricsConfig, Policy, ProviderConfig, ProviderEndpoints, RouteConfig, RoutePath, SameSite,
+    Secret, ServerConfig, SessionConfig, TlsConfig, UpstreamConfig, env,
 };
 
 /// Every problem found in one configuration; `Display` prints one line per problem.
@@ -417,6 +417,7 @@ impl Ctx<'_> {
     fn build(&mut self, raw: RawConfig, source: Option<&Path>) -> Config {
         let server = self.server(raw.server.unwrap_or_default());
         let log = self.log(raw.log.unwrap_or_default());
+        let metrics = raw.metrics.and_then(|m| self.metrics(m, &server));
         let headers = self.headers(raw.headers.unwrap_or_default());
         let upstreams = self.upstreams(raw.upstreams, raw.provider.is_some());
         // Whether `[provider]` is written, even when it has problems of its own: a broken
@@ -459,6 +460,7 @@ impl Ctx<'_> {
             source: source.map(Path::to_path_buf),
             server,
             log,
+            metrics,
             headers,
             upstreams,
             provider,
@@ -691,6 +693,37 @@ impl Ctx<'_> {
             level,
             access_log: raw.access_log.unwrap_or(true),
         }
+    }
+
+    fn metrics(&mut self, raw: RawMetrics, server: &ServerConfig) -> Option<MetricsConfig> {
+        let p = KeyPath::default().key("metrics").key("listen");
+        let Some(listen) = raw.listen else {
+            self.problem(&p, "[metrics] needs `listen`, e.g. \"127.0.0.1:9464\"");
+            return None;
+        };
+        let Ok(listen) = listen.parse::<SocketAddr>() else {
+            self.problem(
+                &p,
+                format!("`{listen}` is not an IP address and port like 127.0.0.1:9464"),
+            );
+            return None;
+        };
+        // Rule 37: metrics never share the public listener. Port 0 asks for a fresh port, so
+        // it can never be the same one.
+        let public = server.listen;
+        let overlaps = listen.ip() == public.ip()
+            || listen.ip().is_unspecified()
+            || public.ip().is_unspecified();
+        if listen.port() != 0 && listen.port() == public.port() && overlaps {
+            self.problem(
+                &p,
+                format!(
+                    "{listen} is the public listener ({public}); metrics need an address of their own"
+                ),
+            );
+            return None;
+        }
+        Some(MetricsConfig { listen })
     }
 
     fn headers(&mut self, raw: RawHeaders) -> HeadersConfig {
@@ -2370,6 +2403,12 @@ pub fn render_effective(config: &Config) -> String {
     log["access_log"] = value(config.log.access_log);
     doc["log"] = Item::Table(log);
 
+    if let Some(m) = &config.metrics {
+        let mut metrics = Table::new();
+        metrics["listen"] = value(m.listen.to_string());
+        doc["metrics"] = Item::Table(metrics);
+    }
+
     let mut headers = Table::new();
     headers["identity"] = value(str_array(
         config
@@ -3343,6 +3382,41 @@ name = \"b\"
                 .any(|l| l
                     .starts_with("gatehouse.toml:1:1: server.tls.key_file: missing required key")),
             "{p:?}"
+        );
+    }
+
+    #[test]
+    fn metrics_never_share_the_public_listener() {
+        // Rule 37: the same address, or the same port on a wildcard address, is refused.
+        for (server, metrics) in [
+            ("127.0.0.1:4180", "127.0.0.1:4180"),
+            ("0.0.0.0:4180", "127.0.0.1:4180"),
+            ("127.0.0.1:4180", "[::]:4180"),
+        ] {
+            let text = format!(
+                "[server]\nlisten = \"{server}\"\n[metrics]\nlisten = \"{metrics}\"\n{MIN}"
+            );
+            let found = problems(&text);
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert!(
+                found[0].contains("metrics.listen") && found[0].contains("of their own"),
+                "{found:?}"
+            );
+        }
+        assert!(problems(&format!("[metrics]\n{MIN}"))[0].contains("needs `listen`"));
+        assert!(
+            problems(&format!("[metrics]\nlisten = \"nowhere\"\n{MIN}"))[0]
+                .contains("metrics.listen")
+        );
+        let c = load(&format!("[metrics]\nlisten = \"127.0.0.1:9464\"\n{MIN}")).unwrap();
+        assert_eq!(c.metrics.unwrap().listen.port(), 9464);
+        assert!(load(MIN).unwrap().metrics.is_none(), "off by default");
+        let out = render_effective(
+            &load(&format!("[metrics]\nlisten = \"10.0.0.1:9464\"\n{MIN}")).unwrap(),
+        );
+        assert!(
+            out.contains("[metrics]\nlisten = \"10.0.0.1:9464\""),
+            "{out}"
         );
     }
 

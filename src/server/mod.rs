@@ -31,6 +31,7 @@ use self::timer::CoarseTimer;
 use crate::config::{Config, TlsConfig};
 use crate::context::ConnInfo;
 use crate::gateway::{Gateway, Shared};
+use crate::telemetry::metrics::{self, Metrics};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,9 @@ pub struct Server {
     local_addr: SocketAddr,
     tls: Option<TlsAcceptor>,
     config: Arc<Config>,
+    shared: Arc<Shared>,
+    /// `[metrics] listen`, bound: a separate socket, never the public one (rule 37).
+    metrics: Option<(std::net::TcpListener, Arc<Metrics>)>,
 }
 
 struct Worker {
@@ -127,11 +131,23 @@ impl Server {
                 })
             })
             .collect::<Result<_, ServeError>>()?;
+        let metrics = match (&config.metrics, shared.metrics()) {
+            (Some(m), Some(metrics)) => {
+                let addr = m.listen;
+                let bind_err = |source| ServeError::Bind { addr, source };
+                let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+                listener.set_nonblocking(true).map_err(bind_err)?;
+                Some((listener, metrics.clone()))
+            }
+            _ => None,
+        };
         Ok(Self {
             workers,
             local_addr,
             tls,
             config,
+            shared,
+            metrics,
         })
     }
 
@@ -139,10 +155,34 @@ impl Server {
         self.local_addr
     }
 
+    /// Where `/metrics` is served, when `[metrics]` is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes, then every worker stops accepting, lets in-flight
     /// requests finish for up to `server.shutdown_timeout`, and this returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
+        if let Some((listener, metrics)) = self.metrics {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    let shared = self.shared.clone();
+                    let mut stop = stop_rx.clone();
+                    tokio::spawn(metrics::serve(
+                        listener,
+                        metrics,
+                        Arc::new(move || shared.snapshot()),
+                        async move {
+                            let _ = stop.wait_for(|stop| *stop).await;
+                        },
+                    ));
+                }
+                Err(err) => tracing::error!(error = %err, "metrics listener unusable"),
+            }
+        }
         let mut finished = Vec::new();
         for (n, worker) in self.workers.into_iter().enumerate() {
             let (done_tx, done_rx) = oneshot::channel::<()>();

@@ -60,6 +60,11 @@ pub struct StoreShared {
 }
 
 impl StoreShared {
+    /// False from a failed Redis call until one succeeds again.
+    pub fn redis_up(&self) -> bool {
+        !self.redis_down.load(Ordering::Relaxed)
+    }
+
     fn local_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = self
             .locks

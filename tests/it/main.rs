@@ -19,6 +19,7 @@ mod forward_auth;
 mod harness;
 mod id_token_attacks;
 mod login;
+mod metrics;
 mod proxy;
 mod redis_sessions;
 mod refresh;

@@ -1,6 +1,8 @@
 //! Telemetry: how the gateway tells operators what happened. Sets up `tracing` (text or JSON,
 //! level from the config or `RUST_LOG`) and writes the access log: one event per request, with
-//! the path but never the query, a cookie, a token or a secret.
+//! the path but never the query, a cookie, a token or a secret. Metrics are in [`metrics`].
+
+pub mod metrics;
 
 use http::StatusCode;
 use tracing_subscriber::EnvFilter;

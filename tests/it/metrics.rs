@@ -1,0 +1,107 @@
+//! Prometheus metrics: served on their own listener only (rule 37), counting what an operator
+//! watches — answers by status, authentication outcomes, the provider's readiness.
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::world::World;
+use crate::support::{Reply, get, parse_address, send};
+
+const CONFIG: &str = "[bearer]\nenabled = true\naudiences = [\"gatehouse\"]\n\n\
+                      [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+                      [[routes]]\npath_prefix = \"/metrics\"\npolicy = \"public\"\n";
+
+async fn call(url: &str, authorization: Option<&str>) -> Reply {
+    let mut req = Request::get(url).header("accept", "application/json");
+    if let Some(value) = authorization {
+        req = req.header("authorization", value);
+    }
+    send(req.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// The value of the sample `name` (with its labels, as exposed), `None` when absent.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_live_on_their_own_listener_and_count_answers_and_authentications() {
+    let world = World::start(CONFIG).await;
+    let logs = world.gw.wait_for_log("metrics at /metrics").await;
+    let metrics_addr = logs
+        .lines()
+        .find(|l| l.contains("metrics at /metrics"))
+        .and_then(parse_address)
+        .expect("the metrics address is logged");
+    assert_ne!(metrics_addr, world.gw.addr);
+    let scrape = format!("http://{metrics_addr}/metrics");
+
+    // Rule 37: on the public listener `/metrics` is the app's path like any other.
+    let public = get(&world.gw.url("/metrics")).await;
+    assert_eq!(public.status, 200);
+    assert_eq!(world.app.last().target, "/metrics");
+    assert!(!public.text().contains("gatehouse_requests_total"));
+
+    let token = world.service_token().await;
+    let ok = call(&world.gw.url("/api"), Some(&format!("Bearer {token}"))).await;
+    assert_eq!(ok.status, 200);
+    let anonymous = call(&world.gw.url("/api"), None).await;
+    assert_eq!(anonymous.status, 401);
+    let forged = call(
+        &world.gw.url("/api"),
+        Some("Bearer eyJhbGciOiJub25lIn0.e30.x"),
+    )
+    .await;
+    assert_eq!(forged.status, 401);
+    assert_eq!(
+        world.app.count(),
+        2,
+        "only the public path and the good token got through"
+    );
+
+    let reply = get(&scrape).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = reply.text();
+    // The readiness probe of the harness is counted too, so 200s are at least the two above.
+    assert!(sample(&text, "gatehouse_requests_total{code=\"200\"}").unwrap() >= 2.0);
+    assert_eq!(
+        sample(&text, "gatehouse_requests_total{code=\"401\"}"),
+        Some(2.0)
+    );
+    for (outcome, n) in [
+        ("token", 1.0),
+        ("anonymous", 1.0),
+        ("refused", 1.0),
+        ("session", 0.0),
+    ] {
+        let name = format!("gatehouse_authentications_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(sample(&text, &name), Some(n), "{name} in\n{text}");
+    }
+    assert_eq!(
+        sample(&text, "gatehouse_upstream_duration_seconds_count"),
+        Some(2.0)
+    );
+    assert!(sample(&text, "gatehouse_request_duration_seconds_count").unwrap() >= 4.0);
+    assert_eq!(sample(&text, "gatehouse_provider_ready"), Some(1.0));
+    assert_eq!(sample(&text, "gatehouse_refresh_grants_total"), Some(0.0));
+    assert!(text.contains("gatehouse_build_info{version=\""), "{text}");
+    // Nothing identifying a caller or a credential is exposed.
+    assert!(!text.contains(&token));
+    assert!(!text.contains("user="), "no per-user labels");
+
+    // The metrics listener serves nothing else, and only reads.
+    assert_eq!(get(&format!("http://{metrics_addr}/")).await.status, 404);
+    let post = send(
+        Request::post(&scrape)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(post.status, 405);
+}
