@@ -69,6 +69,31 @@ impl Api {
 
     async fn start_with_issuer(iss: TestIssuer, setup: Setup) -> Self {
         let app = Upstream::start().await;
+        let gw = Gateway::start(&Self::config(&iss, &app, &setup));
+        let api = Self { iss, app, gw };
+        if setup.issuer.is_some() {
+            api.keys_loaded().await;
+        }
+        api
+    }
+
+    /// Another gateway in front of the same issuer and app, configured by `setup`. Returns once
+    /// it fetched the JWKS too.
+    async fn another_gateway(&self, setup: Setup) -> Gateway {
+        let fetched = self.iss.jwks_fetches();
+        let gw = Gateway::start(&Self::config(&self.iss, &self.app, &setup));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.iss.jwks_fetches() == fetched {
+            assert!(
+                Instant::now() < deadline,
+                "the gateway never fetched the JWKS"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        gw
+    }
+
+    fn config(iss: &TestIssuer, app: &Upstream, setup: &Setup) -> String {
         let mut config = format!("[bearer]\n{}\n\n", setup.bearer);
         if let Some(lines) = setup.introspection {
             let (id, secret) = iss.client();
@@ -90,12 +115,7 @@ impl Api {
              [[upstreams]]\nurl = \"{}\"\n",
             app.url()
         ));
-        let gw = Gateway::start(&config);
-        let api = Self { iss, app, gw };
-        if setup.issuer.is_some() {
-            api.keys_loaded().await;
-        }
-        api
+        config
     }
 
     /// Waits until the gateway's start-up JWKS load reached the issuer. (A token request that
@@ -501,6 +521,139 @@ async fn a_token_without_the_at_jwt_type_is_refused_when_require_typ_is_set() {
     assert_eq!(api.app.count(), 2);
 }
 
+/// An issuer's `algorithms` is its allow-list: a token signed by a key its JWKS does publish,
+/// with an algorithm that key could verify, is refused when the algorithm is not listed
+/// (RFC 8725 §3.1, rule 14) — and the very same token passes where it is listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_algorithm_outside_the_issuers_allow_list_is_refused_even_with_a_published_key() {
+    let api = Api::start(Setup {
+        issuer: Some("algorithms = [\"RS256\"]"),
+        ..Setup::default()
+    })
+    .await;
+    let m = |alg: Alg| {
+        api.iss
+            .mint(DEFAULT_AUDIENCE)
+            .alg(alg)
+            .sub(alg.name())
+            .sign()
+    };
+    // PS256 uses the RSA key that also signs the allowed RS256: the key does not decide.
+    let outside: Vec<(Alg, String)> = [Alg::ES256, Alg::EdDSA, Alg::PS256]
+        .into_iter()
+        .map(|alg| (alg, m(alg)))
+        .collect();
+    for (alg, token) in &outside {
+        let reply = api.get("/api/items", token).await;
+        assert_invalid_token(&reply, alg.name(), &leak_probes(&api.iss, token));
+        assert_eq!(
+            reply.json()["error_description"],
+            "the token's algorithm is not accepted",
+            "{alg:?}"
+        );
+    }
+    assert_eq!(
+        api.app.count(),
+        0,
+        "a token outside the allow-list reached the app"
+    );
+    let allowed = api.get("/api/items", &m(Alg::RS256)).await;
+    assert_eq!(allowed.status, 200, "{}", allowed.text());
+
+    // The same tokens, in front of a gateway that allows their algorithms, pass.
+    let wide = api
+        .another_gateway(Setup {
+            issuer: Some("algorithms = [\"RS256\", \"ES256\", \"EdDSA\", \"PS256\"]"),
+            ..Setup::default()
+        })
+        .await;
+    for (alg, token) in &outside {
+        let reply = call(
+            &wide,
+            "/api/items",
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{alg:?}: {}", reply.text());
+        assert_eq!(api.app.last().header("x-forwarded-user"), Some(alg.name()));
+    }
+}
+
+/// Two trusted issuers, each with its own audience: everything about a token is checked
+/// against the issuer its `iss` names — audience and key alike — never against the union.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_issuers_are_validated_apart_audience_and_key_of_the_one_named_by_iss() {
+    const BILLING: &str = "api://billing";
+    let (a, b) = (TestIssuer::start().await, TestIssuer::start().await);
+    let app = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        "[[bearer.issuers]]\nissuer = \"{}\"\njwks_uri = \"{}\"\naudiences = [\"{DEFAULT_AUDIENCE}\"]\n\n\
+         [[bearer.issuers]]\nissuer = \"{}\"\njwks_uri = \"{}\"\naudiences = [\"{BILLING}\"]\n\n\
+         [[upstreams]]\nurl = \"{}\"\n",
+        a.issuer(),
+        a.jwks_uri(),
+        b.issuer(),
+        b.jwks_uri(),
+        app.url()
+    ));
+    let get = |token: String| {
+        let gw = &gw;
+        async move {
+            call(
+                gw,
+                "/api/items",
+                &[("authorization", &format!("Bearer {token}"))],
+            )
+            .await
+        }
+    };
+
+    // Each issuer's own good token passes (this also waits for both key sets).
+    for (iss, aud, sub) in [(&a, DEFAULT_AUDIENCE, "from-a"), (&b, BILLING, "from-b")] {
+        let reply = get(iss.mint(aud).sub(sub).sign()).await;
+        assert_eq!(reply.status, 200, "{sub}: {}", reply.text());
+        assert_eq!(app.last().header("x-forwarded-user"), Some(sub));
+    }
+
+    let attacks: Vec<(&str, String)> = vec![
+        ("a_token_of_a_for_the_audience_of_b", a.mint(BILLING).sign()),
+        (
+            "a_token_of_b_for_the_audience_of_a",
+            b.mint(DEFAULT_AUDIENCE).sign(),
+        ),
+        (
+            "iss_a_signed_by_the_key_of_b",
+            b.mint(DEFAULT_AUDIENCE).iss(a.issuer()).sign(),
+        ),
+        ("iss_a_signed_by_the_key_of_b_under_the_kid_of_a", {
+            b.mint(DEFAULT_AUDIENCE)
+                .iss(a.issuer())
+                .kid(&a.rsa_kid())
+                .sign()
+        }),
+        ("iss_a_signed_by_the_key_of_b_without_kid", {
+            b.mint(DEFAULT_AUDIENCE).iss(a.issuer()).no_kid().sign()
+        }),
+        ("iss_a_signed_by_the_ec_key_of_b", {
+            b.mint(DEFAULT_AUDIENCE)
+                .alg(Alg::ES256)
+                .iss(a.issuer())
+                .sign()
+        }),
+    ];
+    for (attack, token) in &attacks {
+        let reply = get(token.clone()).await;
+        let mut probes = leak_probes(&a, token);
+        probes.extend(leak_probes(&b, token));
+        assert_invalid_token(&reply, attack, &probes);
+    }
+    assert_eq!(
+        app.count(),
+        2,
+        "a token checked against the wrong issuer reached the app"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_token_gets_a_clean_4xx_and_the_gateway_keeps_serving() {
     let api = Api::start(Setup::jwt()).await;
@@ -598,6 +751,78 @@ async fn a_query_token_never_reaches_the_app_when_pass_token_is_false() {
     assert_eq!(seen.target, "/api/items?page=2&sort=asc");
     assert_eq!(seen.header("x-forwarded-user"), Some("query-caller"));
     assert_eq!(seen.all("authorization"), Vec::<&str>::new());
+}
+
+/// `[bearer] header` moves the token to another header: it is read there (bare, or with a
+/// `Bearer` prefix), `Authorization` is then the app's business, the query string still holds
+/// no token unless `query_parameter` says so, and with `pass_token = false` the app never
+/// sees that header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_token_header_is_the_only_place_a_token_is_read() {
+    let api = Api::start(Setup {
+        bearer: "header = \"X-Api-Token\"",
+        issuer: Some(""),
+        ..Setup::default()
+    })
+    .await;
+    let token = api.iss.mint(DEFAULT_AUDIENCE).sub("header-caller").sign();
+    for value in [token.clone(), format!("Bearer {token}")] {
+        let reply = call(&api.gw, "/api/items", &[("x-api-token", &value)]).await;
+        assert_eq!(reply.status, 200, "{value:.20}: {}", reply.text());
+        let seen = api.app.last();
+        assert_eq!(seen.header("x-forwarded-user"), Some("header-caller"));
+        assert_eq!(seen.all("x-api-token"), [value.as_str()]);
+    }
+
+    // Anywhere else, the token is not looked at: no credential, a bare challenge.
+    for (what, path, headers) in [
+        (
+            "Authorization",
+            "/api/items".to_owned(),
+            vec![("authorization", format!("Bearer {token}"))],
+        ),
+        (
+            "the query string",
+            format!("/api/items?access_token={token}"),
+            vec![],
+        ),
+    ] {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let reply = call(&api.gw, &path, &headers).await;
+        assert_eq!(reply.status, 401, "{what}: {}", reply.text());
+        assert_eq!(challenge(&reply), "Bearer realm=\"gatehouse\"", "{what}");
+    }
+    // Not a token, and two of them: refused, never "first one wins".
+    let not_a_token = call(&api.gw, "/api/items", &[("x-api-token", "Basic a b")]).await;
+    assert_eq!(not_a_token.status, 400, "{}", not_a_token.text());
+    let twice = call(
+        &api.gw,
+        "/api/items",
+        &[
+            ("x-api-token", token.as_str()),
+            ("x-api-token", token.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(twice.status, 400, "{}", twice.text());
+    assert_eq!(
+        param(&challenge(&twice), "error").as_deref(),
+        Some("invalid_request")
+    );
+    assert_eq!(api.app.count(), 2);
+
+    let strip = api
+        .another_gateway(Setup {
+            bearer: "header = \"X-Api-Token\"\npass_token = false",
+            issuer: Some(""),
+            ..Setup::default()
+        })
+        .await;
+    let reply = call(&strip, "/api/items", &[("x-api-token", &token)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = api.app.last();
+    assert_eq!(seen.header("x-forwarded-user"), Some("header-caller"));
+    assert_eq!(seen.all("x-api-token"), Vec::<&str>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1172,6 +1397,52 @@ async fn the_password_bridge_trades_basic_credentials_for_a_token_the_app_sees_i
         "no start-up warning naming RFC 9700:\n{logs}"
     );
     assert!(!logs.contains(&alice[6..]), "credentials in the log");
+}
+
+/// The bridge's failure limit is per user name: one user guessing locks out only that user,
+/// whose right password is then refused without the provider being asked, while another
+/// user's logins and failures go on as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_locks_out_only_the_guessed_user() {
+    let world = World::start(&format!(
+        "{WORLD_BEARER}\n[password_bridge]\nenabled = true\nmax_failures = 2\n\n\
+         [[routes]]\npath_prefix = \"/legacy\"\npassword_bridge = true\n"
+    ))
+    .await;
+    let p = &world.provider;
+    let bridged = |auth: String| {
+        let gw = &world.gw;
+        async move { call(gw, "/legacy/report", &[("authorization", &auth)]).await }
+    };
+
+    for attempt in 1..=2 {
+        let reply = bridged(basic("mallory", "guess")).await;
+        assert_eq!(reply.status, 401, "attempt {attempt}: {}", reply.text());
+    }
+    assert_eq!(p.password_grant_requests(), 2);
+    let locked = bridged(basic("mallory", DEMO_PASSWORD)).await;
+    assert_eq!(locked.status, 429, "{}", locked.text());
+    assert_eq!(
+        p.password_grant_requests(),
+        2,
+        "the provider was asked for mallory"
+    );
+
+    // carol is not mallory: her login works, and one failure of hers is only hers.
+    let carol = bridged(basic("carol", DEMO_PASSWORD)).await;
+    assert_eq!(carol.status, 200, "{}", carol.text());
+    assert_eq!(world.app.last().header("x-forwarded-user"), Some("carol"));
+    assert_eq!(p.password_grant_requests(), 3);
+    let wrong = bridged(basic("carol", "typo")).await;
+    assert_eq!(wrong.status, 401, "{}", wrong.text());
+    assert_eq!(p.password_grant_requests(), 4);
+    let again = bridged(basic("carol", DEMO_PASSWORD)).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+
+    // …and her success does not unlock mallory.
+    assert_eq!(bridged(basic("mallory", DEMO_PASSWORD)).await.status, 429);
+    assert_eq!(p.password_grant_requests(), 4);
+    assert_eq!(world.app.count(), 2);
 }
 
 #[tokio::test]

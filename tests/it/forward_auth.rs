@@ -7,9 +7,11 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 
+use crate::support::issuer::{DEFAULT_AUDIENCE, TestIssuer};
 use crate::support::nginx::Nginx;
+use crate::support::upstream::Upstream;
 use crate::support::world::{World, login};
-use crate::support::{Reply, get, send};
+use crate::support::{Gateway, Reply, get, send};
 use gatehouse::demo::provider::SERVICE_CLIENT_ID;
 
 const BEARER: &str = "[bearer]\nenabled = true\naudiences = [\"gatehouse\"]\n\n\
@@ -177,4 +179,85 @@ async fn the_original_uri_is_believed_only_from_trusted_proxies() {
     )
     .await;
     assert_eq!(traversal.status, 401);
+}
+
+/// `/oauth2/auth` asked about `GET|POST|… /items/7` (`method` `None`: no method header).
+async fn ask_items(gw: &Gateway, method: Option<&str>, authorization: Option<&str>) -> Reply {
+    let mut headers = vec![("x-forwarded-uri", "/items/7")];
+    headers.extend(method.map(|m| ("x-forwarded-method", m)));
+    headers.extend(authorization.map(|a| ("authorization", a)));
+    get_with(&gw.url("/oauth2/auth"), &headers).await
+}
+
+/// A route whose policy applies to some methods only: through `/oauth2/auth`, the method that
+/// chooses it is the one a trusted proxy names in `X-Forwarded-Method`; from any other address
+/// the forwarded description is not believed and the default policy answers (rule 27).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forwarded_method_chooses_the_route_policy_only_from_a_trusted_proxy() {
+    let iss = TestIssuer::start().await;
+    let app = Upstream::start().await;
+    let config = |trusted: &str| {
+        format!(
+            "[server]\ntrusted_proxies = [\"{trusted}\"]\n\n\
+             [[bearer.issuers]]\nissuer = \"{}\"\njwks_uri = \"{}\"\naudiences = [\"{DEFAULT_AUDIENCE}\"]\n\n\
+             [[routes]]\npath_prefix = \"/items\"\nmethods = [\"POST\", \"DELETE\"]\nscopes = [\"orders:write\"]\n\n\
+             [[routes]]\npath_prefix = \"/items\"\npolicy = \"public\"\n\n\
+             [[upstreams]]\nurl = \"{}\"\n",
+            iss.issuer(),
+            iss.jwks_uri(),
+            app.url()
+        )
+    };
+    let reader = format!(
+        "Bearer {}",
+        iss.mint(DEFAULT_AUDIENCE)
+            .sub("reader")
+            .scope("orders:read")
+            .sign()
+    );
+    let writer = format!(
+        "Bearer {}",
+        iss.mint(DEFAULT_AUDIENCE)
+            .sub("writer")
+            .scope("orders:read orders:write")
+            .sign()
+    );
+    let trusting = Gateway::start(&config("127.0.0.1/32"));
+    // Reading is public: no credential needed (GET is also what no method header means).
+    for method in [Some("GET"), None] {
+        let reply = ask_items(&trusting, method, None).await;
+        assert_eq!(reply.status, 202, "{method:?}: {}", reply.text());
+        assert!(!reply.headers.contains_key("x-auth-request-user"));
+    }
+    // Writing needs a token with orders:write.
+    let anonymous = ask_items(&trusting, Some("POST"), None).await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    assert_eq!(
+        anonymous.headers["www-authenticate"],
+        "Bearer realm=\"gatehouse\""
+    );
+    let short = ask_items(&trusting, Some("DELETE"), Some(&reader)).await;
+    assert_eq!(short.status, 403, "{}", short.text());
+    assert!(
+        short.headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("error=\"insufficient_scope\""),
+        "{:?}",
+        short.headers
+    );
+    let ok = ask_items(&trusting, Some("POST"), Some(&writer)).await;
+    assert_eq!(ok.status, 202, "{}", ok.text());
+    assert_eq!(ok.headers["x-auth-request-user"], "writer");
+
+    // The same questions from an address outside trusted_proxies: neither the method nor the
+    // URI is believed, so a claimed GET opens nothing and a claimed DELETE asks for nothing
+    // beyond the default policy (any valid token).
+    let wary = Gateway::start(&config("10.0.0.0/8"));
+    let claimed_get = ask_items(&wary, Some("GET"), None).await;
+    assert_eq!(claimed_get.status, 401, "{}", claimed_get.text());
+    let claimed_delete = ask_items(&wary, Some("DELETE"), Some(&reader)).await;
+    assert_eq!(claimed_delete.status, 202, "{}", claimed_delete.text());
+    assert_eq!(claimed_delete.headers["x-auth-request-user"], "reader");
+    assert_eq!(app.count(), 0, "forward-auth forwards nothing");
 }

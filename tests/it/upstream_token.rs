@@ -11,7 +11,7 @@ use http_body_util::Full;
 
 use crate::support::issuer::{self, Outage, TestIssuer};
 use crate::support::upstream::Upstream;
-use crate::support::{Gateway, Reply, send};
+use crate::support::{Gateway, Reply, TempDir, send};
 
 /// The protected API (a bearer-mode Gatehouse over `app`) and the gateway in front of it.
 struct Chain {
@@ -20,24 +20,39 @@ struct Chain {
     front: Gateway,
 }
 
+/// A chain whose API accepts the default audience and whose gateway asks for it with
+/// `client_secret_basic`.
 async fn chain(issuer: &TestIssuer) -> Chain {
+    let (id, secret) = issuer.client();
+    chain_with(
+        issuer,
+        issuer::DEFAULT_AUDIENCE,
+        &format!(
+            "client_id = \"{id}\"\nclient_secret = \"{secret}\"\nresource = \"{aud}\"\n",
+            aud = issuer::DEFAULT_AUDIENCE
+        ),
+    )
+    .await
+}
+
+/// A chain whose API accepts tokens for `audience`, and whose gateway's `[upstreams.client]`
+/// gets `client` lines (identity, authentication, audience/resource) besides its token
+/// endpoint and scope.
+async fn chain_with(issuer: &TestIssuer, audience: &str, client: &str) -> Chain {
     let app = Upstream::start().await;
     let api = Gateway::start(&format!(
-        "[[bearer.issuers]]\nissuer = \"{iss}\"\njwks_uri = \"{jwks}\"\naudiences = [\"{aud}\"]\n\
+        "[[bearer.issuers]]\nissuer = \"{iss}\"\njwks_uri = \"{jwks}\"\naudiences = [\"{audience}\"]\n\
          [authorization]\ndefault_policy = \"authenticated\"\n\
          [[upstreams]]\nurl = \"{app}\"\n",
         iss = issuer.issuer(),
         jwks = issuer.jwks_uri(),
-        aud = issuer::DEFAULT_AUDIENCE,
         app = app.url(),
     ));
-    let (id, secret) = issuer.client();
     let front = Gateway::start(&format!(
         "[[upstreams]]\nurl = \"{api}\"\n[upstreams.client]\ntoken_endpoint = \"{token}\"\n\
-         client_id = \"{id}\"\nclient_secret = \"{secret}\"\nresource = \"{aud}\"\nscopes = [\"orders:read\"]\n",
+         scopes = [\"orders:read\"]\n{client}",
         api = api.url(""),
         token = issuer.token_endpoint(),
-        aud = issuer::DEFAULT_AUDIENCE,
     ));
     Chain {
         app,
@@ -121,8 +136,13 @@ async fn provider_down_the_token_serves_until_it_expires_then_503() {
     tokio::time::sleep(Duration::from_millis(8300).saturating_sub(got.elapsed())).await;
     let still = call(&url).await;
     assert_eq!(still.status, 200, "{}", still.text());
+    // One background renewal, and it is not retried at once: exactly one more request.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while issuer.token_requests() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(issuer.token_requests() >= 2, "a renewal was attempted");
+    assert_eq!(issuer.token_requests(), 2, "one renewal attempt");
     // After the token's usable life: fail closed, with a hint when to retry.
     tokio::time::sleep(Duration::from_millis(9600).saturating_sub(got.elapsed())).await;
     let down = call(&url).await;
@@ -157,4 +177,67 @@ async fn an_upstream_that_refuses_the_token_makes_the_gateway_get_a_new_one() {
     assert_eq!(call(&front.url("/orders")).await.status, 200);
     assert_eq!(issuer.token_requests(), 2);
     assert_ne!(app.last().header("authorization").unwrap(), first);
+}
+
+#[tokio::test]
+async fn private_key_jwt_authenticates_the_gateway_and_audience_and_resource_reach_the_token_endpoint()
+ {
+    let issuer = TestIssuer::start().await;
+    let dir = TempDir::new("client-key");
+    let key = dir.write("client.pem", &issuer.client_key_pem());
+    // A resource the issuer would not pick by itself: the API accepts only tokens for it.
+    let resource = "api://orders-v2";
+    let c = chain_with(
+        &issuer,
+        resource,
+        &format!(
+            "client_id = \"{id}\"\nclient_auth = \"private_key_jwt\"\nprivate_key_file = \"{key}\"\n\
+             private_key_id = \"gatehouse-client-key\"\naudience = \"https://orders.example\"\n\
+             resource = \"{resource}\"\n",
+            id = issuer::CLIENT_ID,
+            key = key.display(),
+        ),
+    )
+    .await;
+    let reply = call(&c.front.url("/orders")).await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.text(), c.front.logs());
+    assert_eq!(
+        c.app.last().header("x-forwarded-client-id"),
+        Some(issuer::CLIENT_ID)
+    );
+
+    let log = issuer.token_log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    let request = &log[0];
+    assert_eq!(request.client_auth, Some("private_key_jwt"), "{request:?}");
+    assert!(
+        !request.authorization_header,
+        "no Basic credentials as well"
+    );
+    assert_eq!(request.param("client_secret"), None);
+    assert_eq!(request.param("grant_type"), Some("client_credentials"));
+    assert_eq!(request.param("scope"), Some("orders:read"));
+    assert_eq!(request.param("audience"), Some("https://orders.example"));
+    assert_eq!(request.param("resource"), Some(resource));
+    assert_eq!(
+        request.param("client_assertion_type"),
+        Some(issuer::JWT_BEARER_ASSERTION)
+    );
+    // The issuer checked signature, iss, sub, aud and exp; here what the gateway chose.
+    let assertion = request.param("client_assertion").unwrap();
+    let segment = |i: usize| -> serde_json::Value {
+        let raw = assertion.split('.').nth(i).unwrap();
+        serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let (header, claims) = (segment(0), segment(1));
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(header["kid"], "gatehouse-client-key");
+    assert_eq!(claims["iss"], issuer::CLIENT_ID);
+    assert_eq!(claims["sub"], issuer::CLIENT_ID);
+    assert_eq!(claims["aud"], issuer.token_endpoint());
+    assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
 }

@@ -13,7 +13,10 @@
 //! * `/introspect`: RFC 7662 introspection of opaque tokens from a table the test fills,
 //!   HTTP Basic client authentication checked, a call counter, and an outage switch.
 //! * `/token`: `client_credentials` for the same client, answering an RS256 JWT (so a gateway
-//!   configured with this issuer as its provider finds every endpoint it expects).
+//!   configured with this issuer as its provider finds every endpoint it expects). The client
+//!   authenticates with HTTP Basic or with `private_key_jwt` (RFC 7523), the assertion checked
+//!   against the client's own P-256 key ([`TestIssuer::client_key_pem`]); every request is
+//!   recorded ([`TestIssuer::token_log`]).
 //! * A separate "trap" server (its own port) for `jku` / `x5u` URLs: it serves an attacker's
 //!   JWKS and counts every request, so a test proves the gateway never fetched from it.
 //!
@@ -33,8 +36,8 @@ use aws_lc_rs::hmac;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RSA_PKCS1_SHA256,
-    RSA_PSS_SHA256, RsaKeyPair,
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair,
+    KeyPair, RSA_PKCS1_SHA256, RSA_PSS_SHA256, RsaKeyPair, UnparsedPublicKey,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -192,6 +195,12 @@ impl EcKey {
             .as_ref()
             .to_vec()
     }
+
+    fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, self.pair.public_key().as_ref())
+            .verify(message, signature)
+            .is_ok()
+    }
 }
 
 impl EdKey {
@@ -333,6 +342,36 @@ fn basic_credentials(req: &Request<Bytes>) -> Option<(String, String)> {
     Some((unform(id)?, unform(secret)?))
 }
 
+/// `client_assertion_type` of `private_key_jwt` (RFC 7523 §2.2).
+pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// One request the token endpoint received.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    /// The form parameters, in order.
+    pub params: Vec<(String, String)>,
+    /// Whether an `Authorization` header came along.
+    pub authorization_header: bool,
+    /// How the client proved who it is, when it did so correctly: `"client_secret_basic"`,
+    /// or `"private_key_jwt"` (an assertion signed by the client key, `iss` = `sub` = the
+    /// client, `aud` = the token endpoint, not expired).
+    pub client_auth: Option<&'static str>,
+}
+
+impl TokenRequest {
+    /// The single value of the form parameter `name` (a repeated one fails the test).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        let mut found = self.params.iter().filter(|(k, _)| k == name);
+        let first = found.next().map(|(_, v)| v.as_str());
+        assert!(
+            found.next().is_none(),
+            "{name} is repeated: {:?}",
+            self.params
+        );
+        first
+    }
+}
+
 /// One request the introspection endpoint received.
 #[derive(Debug, Clone)]
 pub struct IntrospectionCall {
@@ -361,6 +400,10 @@ struct Inner {
     token_requests: AtomicUsize,
     token_outage: Mutex<Outage>,
     token_ttl: std::sync::atomic::AtomicI64,
+    token_log: Mutex<Vec<TokenRequest>>,
+    /// The confidential client's own key pair for `private_key_jwt` (the issuer knows the
+    /// public half, as if registered).
+    client_key: Arc<EcKey>,
     trap_hits: Mutex<Vec<String>>,
 }
 
@@ -424,6 +467,8 @@ impl TestIssuer {
             token_requests: AtomicUsize::new(0),
             token_outage: Mutex::new(Outage::Up),
             token_ttl: std::sync::atomic::AtomicI64::new(DEFAULT_TTL),
+            token_log: Mutex::default(),
+            client_key: EcKey::generate(),
             trap_hits: Mutex::default(),
         });
         *cell.lock().unwrap() = Some(inner.clone());
@@ -623,6 +668,17 @@ impl TestIssuer {
         self.inner.token_requests.load(Ordering::SeqCst)
     }
 
+    /// Every request to `/token`, in order (outage answers included).
+    pub fn token_log(&self) -> Vec<TokenRequest> {
+        self.inner.token_log.lock().unwrap().clone()
+    }
+
+    /// The client's private key for `private_key_jwt`: P-256, PKCS#8 PEM.
+    pub fn client_key_pem(&self) -> String {
+        let pkcs8 = self.inner.client_key.pair.to_pkcs8v1().unwrap();
+        pem("PRIVATE KEY", pkcs8.as_ref())
+    }
+
     /// Base URL of the trap server (another port): every path answers the attacker's JWKS.
     pub fn trap_url(&self) -> &str {
         &self.inner.trap_url
@@ -657,6 +713,13 @@ impl Inner {
             }
             "/introspect" if post => self.introspect(&req).await,
             "/token" if post => {
+                let params = form(req.body());
+                let client_auth = self.token_client_auth(&req, &params);
+                self.token_log.lock().unwrap().push(TokenRequest {
+                    authorization_header: req.headers().contains_key(header::AUTHORIZATION),
+                    params,
+                    client_auth,
+                });
                 let outage = *self.token_outage.lock().unwrap();
                 if outage != Outage::Up {
                     self.token_requests.fetch_add(1, Ordering::SeqCst);
@@ -689,7 +752,7 @@ impl Inner {
             "grant_types_supported": ["client_credentials"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256", "PS256", "ES256", "EdDSA"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "private_key_jwt"],
             "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
             "code_challenge_methods_supported": ["S256"],
         })
@@ -758,16 +821,76 @@ impl Inner {
         Ok(json_reply(StatusCode::OK, &body))
     }
 
+    /// RFC 6749 §2.3: exactly one way of client authentication, and it must check out.
+    fn token_client_auth(
+        &self,
+        req: &Request<Bytes>,
+        params: &[(String, String)],
+    ) -> Option<&'static str> {
+        let param = |name: &str| {
+            let mut found = params.iter().filter(|(k, _)| k == name);
+            match (found.next(), found.next()) {
+                (Some((_, v)), None) => Some(v.as_str()),
+                _ => None,
+            }
+        };
+        let basic = req.headers().contains_key(header::AUTHORIZATION);
+        let assertion = params.iter().any(|(k, _)| k == "client_assertion");
+        match (basic, assertion) {
+            (true, false) => self.authenticated(req).1.then_some("client_secret_basic"),
+            (false, true) => {
+                let ok = param("client_assertion_type") == Some(JWT_BEARER_ASSERTION)
+                    && param("client_id").is_none_or(|id| id == CLIENT_ID)
+                    && param("client_assertion").is_some_and(|jwt| {
+                        self.assertion_ok(jwt, &format!("{}/token", self.issuer))
+                    });
+                ok.then_some("private_key_jwt")
+            }
+            _ => None,
+        }
+    }
+
+    /// An ES256 client assertion by the client key for `audience` (RFC 7523 §3).
+    fn assertion_ok(&self, jwt: &str, audience: &str) -> bool {
+        let mut parts = jwt.split('.');
+        let (Some(h), Some(c), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let decode = |seg: &str| {
+            URL_SAFE_NO_PAD
+                .decode(seg)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        };
+        let (Some(header), Some(claims), Ok(sig)) =
+            (decode(h), decode(c), URL_SAFE_NO_PAD.decode(s))
+        else {
+            return false;
+        };
+        let aud_ok = match &claims["aud"] {
+            Value::String(a) => a == audience,
+            Value::Array(list) => list.iter().any(|a| a == audience),
+            _ => false,
+        };
+        header["alg"] == "ES256"
+            && self.client_key.verify(format!("{h}.{c}").as_bytes(), &sig)
+            && claims["iss"] == CLIENT_ID
+            && claims["sub"] == CLIENT_ID
+            && aud_ok
+            && claims["exp"].as_i64().is_some_and(|exp| exp > now())
+    }
+
     fn token(&self, req: &Request<Bytes>) -> Response<Full<Bytes>> {
         self.token_requests.fetch_add(1, Ordering::SeqCst);
-        let (_, authenticated) = self.authenticated(req);
-        if !authenticated {
+        let params = form(req.body());
+        if self.token_client_auth(req, &params).is_none() {
             return json_reply(
                 StatusCode::UNAUTHORIZED,
                 &json!({"error": "invalid_client"}),
             );
         }
-        let params = form(req.body());
         let param = |name: &str| {
             params
                 .iter()
