@@ -3222,7 +3222,7 @@ mod tests {
     fn unknown_key_at_top_level() {
         let p = problems(&format!("colour = \"blue\"\n{MIN}"));
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].starts_with("gatehouse.toml:1:1: colour: unknown key `colour`; accepted keys: `server`, `log`, `headers`, `upstreams`"), "{}", p[0]);
+        assert!(p[0].starts_with("gatehouse.toml:1:1: colour: unknown key `colour`; accepted keys: `server`, `log`, `metrics`, `headers`, `upstreams`"), "{}", p[0]);
     }
 
     #[test]
