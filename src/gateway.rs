@@ -374,7 +374,14 @@ impl Gateway {
     fn realm(&self) -> &str {
         self.bearer
             .as_deref()
-            .map_or("gatehouse", BearerAuth::realm)
+            .map_or(crate::config::DEFAULT_REALM, BearerAuth::realm)
+    }
+
+    /// 401 for a caller with no credential: the challenge, and where a person would sign in
+    /// when the gateway can log people in.
+    fn challenge(&self, bridge: bool) -> Response<Body> {
+        let login_url = self.login.as_ref().map(|l| format!("{}/start", l.prefix()));
+        answer::missing(self.realm(), bridge, login_url.as_deref())
     }
 
     /// No credential on a protected route: the login page for a person, a challenge for a
@@ -389,12 +396,8 @@ impl Gateway {
             Some(login) if pages::is_navigation(req.method(), req.headers()) => {
                 login.start(req.headers(), &return_path(ctx, req.uri()))
             }
-            _ if self.bearer.is_some() => {
-                let login_url = self.login.as_ref().map(|l| format!("{}/start", l.prefix()));
-                answer::missing(self.realm(), bridge, login_url.as_deref())
-            }
-            Some(login) => login::unauthorized_json(login.prefix()),
-            None => error::plain(StatusCode::FORBIDDEN, "forbidden\n"),
+            None if self.bearer.is_none() => error::plain(StatusCode::FORBIDDEN, "forbidden\n"),
+            _ => self.challenge(bridge),
         }
     }
 
@@ -477,13 +480,7 @@ impl Gateway {
                 None => forward_auth::allowed(Some(&identity), &self.headers, Vec::new()),
                 Some(resp) => forward_auth::denied(resp),
             },
-            Caller::Anonymous { clear } => {
-                let resp = match &self.bearer {
-                    Some(b) => answer::missing(b.realm(), bridge, None),
-                    None => login::unauthorized_json(&self.prefix),
-                };
-                with_cookies(resp, clear)
-            }
+            Caller::Anonymous { clear } => with_cookies(self.challenge(bridge), clear),
             Caller::Refused(refusal) => {
                 forward_auth::denied(answer::refused(refusal, self.realm()))
             }

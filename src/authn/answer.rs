@@ -46,7 +46,8 @@ fn basic_challenge(realm: &str) -> HeaderValue {
 /// routes with the password bridge.
 /// `login_url` tells a script where a person would sign in, when browsers can.
 pub fn missing(realm: &str, basic: bool, login_url: Option<&str>) -> Response<Body> {
-    let mut body = json!({"error": "unauthorized", "error_description": "a bearer token or a session is required"});
+    let mut body =
+        json!({"error": "unauthorized", "error_description": "authentication is required"});
     if let Some(url) = login_url {
         body["login_url"] = json!(url);
     }

@@ -58,6 +58,9 @@ pub struct Config {
     pub password_bridge: Option<PasswordBridgeConfig>,
 }
 
+/// The `WWW-Authenticate` realm when `[bearer] realm` does not name another.
+pub const DEFAULT_REALM: &str = "gatehouse";
+
 /// `[bearer]`: which access tokens the gateway accepts, and from where.
 #[derive(Debug, Clone)]
 pub struct BearerConfig {
@@ -75,7 +78,7 @@ pub struct BearerConfig {
     pub cache_entries: u64,
     /// `pass_token`, default true: the caller's token travels on to the upstream.
     pub pass_token: bool,
-    /// `realm`, default `"gatehouse"`: named in every `WWW-Authenticate`.
+    /// `realm`, default [`DEFAULT_REALM`]: named in every `WWW-Authenticate`.
     pub realm: String,
     /// `[bearer.introspection]`: opaque tokens (RFC 7662).
     pub introspection: Option<IntrospectionConfig>,

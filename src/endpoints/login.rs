@@ -61,6 +61,8 @@ pub struct Login {
     used: Arc<UsedStates>,
     public: Url,
     prefix: String,
+    /// Named in the challenge of a 401 (`[bearer] realm` when there is one).
+    realm: String,
     groups_claim: Vec<String>,
     use_userinfo: bool,
     login_timeout: Duration,
@@ -113,6 +115,10 @@ impl Login {
             used,
             public,
             prefix: config.server.proxy_prefix.clone(),
+            realm: config.bearer.as_ref().map_or_else(
+                || crate::config::DEFAULT_REALM.to_owned(),
+                |b| b.realm.clone(),
+            ),
             groups_claim: config.authorization.groups_claim.clone(),
             use_userinfo: provider_config.use_userinfo,
             login_timeout: session.login_timeout,
@@ -547,7 +553,11 @@ impl Login {
                 ),
                 set_cookies,
             ),
-            Authn::Anonymous { .. } => unauthorized_json(&self.prefix),
+            Authn::Anonymous { .. } => crate::authn::answer::missing(
+                &self.realm,
+                false,
+                Some(&format!("{}/start", self.prefix)),
+            ),
             Authn::Unavailable(STORE) => store_unavailable(),
             Authn::Unavailable(_) => unavailable(),
         }
@@ -709,22 +719,6 @@ pub fn forbidden_page(reason: &str, prefix: &str) -> Response<Body> {
         ),
         Some((&format!("{prefix}/sign_out"), "Sign out")),
     )
-}
-
-pub fn unauthorized_json(prefix: &str) -> Response<Body> {
-    let mut resp = pages::json(
-        StatusCode::UNAUTHORIZED,
-        &json!({
-            "error": "unauthorized",
-            "message": "sign in first",
-            "login_url": format!("{prefix}/start"),
-        }),
-    );
-    resp.headers_mut().insert(
-        http::header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"gatehouse\""),
-    );
-    resp
 }
 
 /// The session store (Redis) cannot be asked: 503 with `Retry-After`; the store has logged the

@@ -143,7 +143,9 @@ impl Ctx<'_> {
             100_000,
             0..=10_000_000,
         );
-        let realm = raw.realm.unwrap_or_else(|| "gatehouse".to_owned());
+        let realm = raw
+            .realm
+            .unwrap_or_else(|| crate::config::DEFAULT_REALM.to_owned());
         if realm.is_empty() || realm.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
             self.problem(
                 &p.key("realm"),
