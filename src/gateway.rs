@@ -126,6 +126,7 @@ impl Shared {
             refresh_grants: self.refresher.as_ref().map(|r| r.grants()),
             upstream_token_requests: self.upstream_clients.token_requests(),
             redis_up: self.redis_sessions.then(|| self.stores.redis_up()),
+            open_connections: Vec::new(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! and drains in-flight requests on shutdown. It hands every request to [`Gateway::handle`] and
 //! knows nothing about routing, authentication or upstreams.
 
+mod balance;
 mod first_bytes;
 mod timer;
 
@@ -23,9 +24,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
+use self::balance::{Balancer, Handoff, Open};
 use self::first_bytes::FirstBytes;
 use self::timer::CoarseTimer;
 use crate::config::{Config, TlsConfig};
@@ -166,15 +168,22 @@ impl Server {
     /// requests finish for up to `server.shutdown_timeout`, and this returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (balancer, handed) = Balancer::new(self.workers.len());
+        let balancer = Arc::new(balancer);
         if let Some((listener, metrics)) = self.metrics {
             match TcpListener::from_std(listener) {
                 Ok(listener) => {
                     let shared = self.shared.clone();
+                    let balancer = balancer.clone();
                     let mut stop = stop_rx.clone();
                     tokio::spawn(metrics::serve(
                         listener,
                         metrics,
-                        Arc::new(move || shared.snapshot()),
+                        Arc::new(move || {
+                            let mut snapshot = shared.snapshot();
+                            snapshot.open_connections = balancer.counts();
+                            snapshot
+                        }),
                         async move {
                             let _ = stop.wait_for(|stop| *stop).await;
                         },
@@ -184,7 +193,8 @@ impl Server {
             }
         }
         let mut finished = Vec::new();
-        for (n, worker) in self.workers.into_iter().enumerate() {
+        for ((n, worker), handed) in self.workers.into_iter().enumerate().zip(handed) {
+            let balancer = balancer.clone();
             let (done_tx, done_rx) = oneshot::channel::<()>();
             let stop = stop_rx.clone();
             let tls = self.tls.clone();
@@ -196,7 +206,9 @@ impl Server {
                         .enable_all()
                         .build()
                     {
-                        Ok(runtime) => runtime.block_on(worker.serve(tls, &config, stop)),
+                        Ok(runtime) => {
+                            runtime.block_on(worker.serve(n, balancer, handed, tls, &config, stop))
+                        }
                         Err(err) => tracing::error!(error = %err, "worker {n} could not start"),
                     }
                     let _ = done_tx.send(());
@@ -217,6 +229,9 @@ impl Server {
 impl Worker {
     async fn serve(
         self,
+        n: usize,
+        balancer: Arc<Balancer>,
+        mut handed: mpsc::UnboundedReceiver<Handoff>,
         tls: Option<TlsAcceptor>,
         config: &Config,
         mut stop: watch::Receiver<bool>,
@@ -242,13 +257,45 @@ impl Worker {
             let (stream, peer) = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => break,
+                Some((stream, peer)) = handed.recv() => {
+                    match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
+                        Ok(stream) => (stream, peer),
+                        Err(err) => {
+                            balancer.closed(n);
+                            tracing::debug!(%peer, error = %err, "handed-off connection unusable");
+                            continue;
+                        }
+                    }
+                }
                 accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
+                    Ok((stream, peer)) => match balancer.place(n) {
+                        here if here == n => (stream, peer),
+                        other => {
+                            let Ok(std) = stream.into_std() else {
+                                balancer.closed(other);
+                                continue;
+                            };
+                            match balancer.hand_off(n, other, (std, peer)) {
+                                Ok(()) => continue,
+                                Err((std, peer)) => match TcpStream::from_std(std) {
+                                    Ok(stream) => (stream, peer),
+                                    Err(_) => {
+                                        balancer.closed(n);
+                                        continue;
+                                    }
+                                },
+                            }
+                        }
+                    },
                     Err(err) => {
                         survive_accept_error(&err).await;
                         continue;
                     }
                 },
+            };
+            let open = Open {
+                balancer: balancer.clone(),
+                worker: n,
             };
             let conn = ConnInfo {
                 peer,
@@ -267,6 +314,7 @@ impl Worker {
                         .into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
+                        let _open = open;
                         if let Err(err) = conn.await {
                             tracing::debug!(%peer, error = %err, "connection ended with an error");
                         }
@@ -277,6 +325,7 @@ impl Worker {
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
                     tokio::spawn(async move {
+                        let _open = open;
                         let tls =
                             match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
                                 .await

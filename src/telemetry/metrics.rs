@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub upstream_token_requests: Vec<(String, u64)>,
     /// `None` unless sessions are in Redis.
     pub redis_up: Option<bool>,
+    /// Open client connections per worker thread.
+    pub open_connections: Vec<usize>,
 }
 
 pub struct Metrics {
@@ -64,6 +66,7 @@ pub struct Metrics {
     refresh_grants: IntCounter,
     upstream_token_requests: IntCounterVec,
     redis_up: IntGauge,
+    open_connections: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -123,6 +126,13 @@ impl Metrics {
             "gatehouse_redis_up",
             "1 while the Redis session store answers.",
         )?;
+        let open_connections = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_open_connections",
+                "Client connections open, per worker thread (each serves its connections for their whole life).",
+            ),
+            &["worker"],
+        )?;
         let info = IntGaugeVec::new(
             Opts::new("gatehouse_build_info", "The running version."),
             &["version"],
@@ -144,6 +154,7 @@ impl Metrics {
             refresh_grants,
             upstream_token_requests,
             redis_up,
+            open_connections,
         })
     }
 
@@ -191,6 +202,14 @@ impl Metrics {
         if let Some(up) = snapshot.redis_up {
             self.redis_up.set(i64::from(up));
             families.extend(prometheus::core::Collector::collect(&self.redis_up));
+        }
+        if !snapshot.open_connections.is_empty() {
+            for (worker, n) in snapshot.open_connections.iter().enumerate() {
+                self.open_connections
+                    .with_label_values(&[worker.to_string()])
+                    .set(i64::try_from(*n).unwrap_or(i64::MAX));
+            }
+            families.extend(prometheus::core::Collector::collect(&self.open_connections));
         }
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::new();
@@ -296,6 +315,7 @@ mod tests {
             refresh_grants: Some(7),
             upstream_token_requests: vec![("api".into(), 2)],
             redis_up: None,
+            open_connections: vec![3, 2],
         };
         let text = m.render(&snapshot);
         for line in [
@@ -308,6 +328,8 @@ mod tests {
             "gatehouse_provider_ready 1",
             "gatehouse_refresh_grants_total 7",
             "gatehouse_upstream_token_requests_total{upstream=\"api\"} 2",
+            "gatehouse_open_connections{worker=\"0\"} 3",
+            "gatehouse_open_connections{worker=\"1\"} 2",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

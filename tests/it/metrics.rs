@@ -105,3 +105,63 @@ async fn metrics_live_on_their_own_listener_and_count_answers_and_authentication
     .await;
     assert_eq!(post.status, 405);
 }
+
+/// Workers keep a connection for its whole life, so how connections are spread decides how
+/// work is: 40 keep-alive connections opened one after another end up 20 and 20 on two
+/// workers. (The kernel's `SO_REUSEPORT` hash alone splits them evenly about one time in
+/// eight; a load balancer's handful of connections could all land on one worker.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_evenly_over_the_workers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = crate::support::Gateway::start(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[upstreams]]\nurl = \"http://127.0.0.1:9\"\n",
+    );
+    let logs = gw.wait_for_log("metrics at /metrics").await;
+    let metrics_addr = logs
+        .lines()
+        .find(|l| l.contains("metrics at /metrics"))
+        .and_then(parse_address)
+        .unwrap();
+    let mut open = Vec::new();
+    for _ in 0..40 {
+        let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: gw\r\n\r\n")
+            .await
+            .unwrap();
+        // The answer proves the connection was accepted and placed before the next one.
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        open.push(conn);
+    }
+    let text = get(&format!("http://{metrics_addr}/metrics")).await.text();
+    for worker in ["0", "1"] {
+        let name = format!("gatehouse_open_connections{{worker=\"{worker}\"}}");
+        assert_eq!(sample(&text, &name), Some(20.0), "{name} in\n{text}");
+    }
+    // Closed connections are counted down.
+    drop(open);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = get(&format!("http://{metrics_addr}/metrics")).await.text();
+        let open: f64 = ["0", "1"]
+            .iter()
+            .filter_map(|w| {
+                sample(
+                    &text,
+                    &format!("gatehouse_open_connections{{worker=\"{w}\"}}"),
+                )
+            })
+            .sum();
+        if open == 0.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
