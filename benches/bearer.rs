@@ -59,7 +59,8 @@ fn bench(c: &mut Criterion) {
         require_typ: true,
         leeway: Duration::from_secs(60),
     };
-    let verifier = JwtVerifier::new(&[config], None, 10_000, vec!["groups".into()]).unwrap();
+    let verifier =
+        JwtVerifier::new(&[config], None, 10_000, vec!["groups".into()], 16 * 1024).unwrap();
     let mut group = c.benchmark_group("bearer_verify");
     for alg in [Alg::RS256, Alg::PS256, Alg::ES256, Alg::EdDSA] {
         let token = issuer.mint(AUD).alg(alg).sign();

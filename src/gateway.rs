@@ -152,6 +152,8 @@ pub struct Gateway {
     headers: crate::config::HeadersConfig,
     /// `[server] proxy_prefix`: where the built-in endpoints live.
     prefix: String,
+    /// Named in every `WWW-Authenticate`.
+    realm: String,
     access_log: bool,
     metrics: Option<Arc<Metrics>>,
 }
@@ -180,6 +182,7 @@ impl Gateway {
             proxy: Proxy::new(&config)?,
             headers: config.headers.clone(),
             prefix: config.server.proxy_prefix.clone(),
+            realm: config.realm().to_owned(),
             access_log: config.log.access_log,
             metrics: shared.metrics.clone(),
         })
@@ -373,15 +376,13 @@ impl Gateway {
     }
 
     fn realm(&self) -> &str {
-        self.bearer
-            .as_deref()
-            .map_or(crate::config::DEFAULT_REALM, BearerAuth::realm)
+        &self.realm
     }
 
     /// 401 for a caller with no credential: the challenge, and where a person would sign in
     /// when the gateway can log people in.
     fn challenge(&self, bridge: bool) -> Response<Body> {
-        let login_url = self.login.as_ref().map(|l| format!("{}/start", l.prefix()));
+        let login_url = self.login.as_ref().map(Login::login_url);
         answer::missing(self.realm(), bridge, login_url.as_deref())
     }
 

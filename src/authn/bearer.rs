@@ -60,6 +60,7 @@ impl BearerAuth {
             provider,
             bc.cache_entries,
             groups_claim.clone(),
+            bc.max_token_bytes,
         )?);
         jwt.start();
         let provider_audiences = bc

@@ -86,6 +86,8 @@ pub struct JwtVerifier {
     /// Tells this verifier's entries apart in the per-worker caches; `None` without caching.
     recent_id: Option<u64>,
     groups_claim: Vec<String>,
+    /// Tokens above this are refused before any decoding (rule 32).
+    max_token_bytes: usize,
     http: HttpClient,
 }
 
@@ -113,6 +115,7 @@ impl JwtVerifier {
         provider: Option<&Arc<Provider>>,
         cache_entries: u64,
         groups_claim: Vec<String>,
+        max_token_bytes: usize,
     ) -> Result<Self, ProviderError> {
         let http = HttpClient::new(Duration::from_secs(10))?;
         let mut out = Vec::new();
@@ -149,6 +152,7 @@ impl JwtVerifier {
             verified,
             recent_id: (cache_entries > 0).then(|| NEXT_VERIFIER.fetch_add(1, Ordering::Relaxed)),
             groups_claim,
+            max_token_bytes,
             http,
         })
     }
@@ -211,8 +215,7 @@ impl JwtVerifier {
     }
 
     async fn check(&self, token: &str, now: u64) -> Result<Verified, Check> {
-        // The bearer path capped the size already.
-        let jws = Jws::parse(token, usize::MAX).map_err(refused)?;
+        let jws = Jws::parse(token, self.max_token_bytes).map_err(refused)?;
         let claims = &jws.claims;
 
         // The issuer decides everything else, so find it first; an untrusted one is simply

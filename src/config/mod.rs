@@ -61,6 +61,15 @@ pub struct Config {
 /// The `WWW-Authenticate` realm when `[bearer] realm` does not name another.
 pub const DEFAULT_REALM: &str = "gatehouse";
 
+impl Config {
+    /// The realm every `WWW-Authenticate` of this gateway names.
+    pub fn realm(&self) -> &str {
+        self.bearer
+            .as_ref()
+            .map_or(DEFAULT_REALM, |b| b.realm.as_str())
+    }
+}
+
 /// `[bearer]`: which access tokens the gateway accepts, and from where.
 #[derive(Debug, Clone)]
 pub struct BearerConfig {

@@ -711,9 +711,9 @@ impl Ctx<'_> {
         // Rule 37: metrics never share the public listener. Port 0 asks for a fresh port, so
         // it can never be the same one.
         let public = server.listen;
-        let overlaps = listen.ip() == public.ip()
-            || listen.ip().is_unspecified()
-            || public.ip().is_unspecified();
+        // `::ffff:127.0.0.1` is 127.0.0.1.
+        let (mine, theirs) = (listen.ip().to_canonical(), public.ip().to_canonical());
+        let overlaps = mine == theirs || mine.is_unspecified() || theirs.is_unspecified();
         if listen.port() != 0 && listen.port() == public.port() && overlaps {
             self.problem(
                 &p,
@@ -3392,6 +3392,7 @@ name = \"b\"
             ("127.0.0.1:4180", "127.0.0.1:4180"),
             ("0.0.0.0:4180", "127.0.0.1:4180"),
             ("127.0.0.1:4180", "[::]:4180"),
+            ("127.0.0.1:4180", "[::ffff:127.0.0.1]:4180"),
         ] {
             let text = format!(
                 "[server]\nlisten = \"{server}\"\n[metrics]\nlisten = \"{metrics}\"\n{MIN}"

@@ -19,6 +19,7 @@ use crate::authz::{Authorizer, Decision};
 use crate::body::Body;
 use crate::config::Config;
 use crate::identity::Identity;
+use crate::oidc::logout_token::LogoutRejected;
 use crate::oidc::unix_now as now;
 use crate::oidc::{self, Provider};
 use crate::session::logout::Logouts;
@@ -115,10 +116,7 @@ impl Login {
             used,
             public,
             prefix: config.server.proxy_prefix.clone(),
-            realm: config.bearer.as_ref().map_or_else(
-                || crate::config::DEFAULT_REALM.to_owned(),
-                |b| b.realm.clone(),
-            ),
+            realm: config.realm().to_owned(),
             groups_claim: config.authorization.groups_claim.clone(),
             use_userinfo: provider_config.use_userinfo,
             login_timeout: session.login_timeout,
@@ -553,14 +551,17 @@ impl Login {
                 ),
                 set_cookies,
             ),
-            Authn::Anonymous { .. } => crate::authn::answer::missing(
-                &self.realm,
-                false,
-                Some(&format!("{}/start", self.prefix)),
-            ),
+            Authn::Anonymous { .. } => {
+                crate::authn::answer::missing(&self.realm, false, Some(&self.login_url()))
+            }
             Authn::Unavailable(STORE) => store_unavailable(),
             Authn::Unavailable(_) => unavailable(),
         }
+    }
+
+    /// Where a person starts a login: named to scripts that get a 401.
+    pub fn login_url(&self) -> String {
+        format!("{}/start", self.prefix)
     }
 
     pub fn prefix(&self) -> &str {
@@ -614,8 +615,8 @@ impl Login {
         };
         let logout = match self.provider.validate_logout_token(token).await {
             Ok(logout) => logout,
-            Err("keys unavailable") => return unavailable(),
-            Err(why) => return bad(why),
+            Err(LogoutRejected::KeysUnavailable) => return unavailable(),
+            Err(LogoutRejected::Invalid(why)) => return bad(why),
         };
         if !self.logouts.record(&logout, now()) {
             return bad("logout_token was already used");

@@ -37,30 +37,45 @@ pub struct LogoutExpectations<'a> {
 }
 
 /// Why a logout token was refused (safe to log; never a value from the token).
-pub type LogoutRejected = &'static str;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogoutRejected {
+    /// The provider's keys cannot be fetched: the endpoint answers 503 and the provider
+    /// retries (§2.8); never a refusal of a token that may be good.
+    KeysUnavailable,
+    /// The token is not a valid logout token, for this reason.
+    Invalid(&'static str),
+}
+
+impl From<JwsRejected> for LogoutRejected {
+    fn from(e: JwsRejected) -> Self {
+        match e {
+            JwsRejected::KeysUnavailable => Self::KeysUnavailable,
+            other => Self::Invalid(other.phrase()),
+        }
+    }
+}
 
 pub async fn validate_logout_token(
     raw: &str,
     jwks: &Jwks,
     expect: &LogoutExpectations<'_>,
 ) -> Result<LogoutRequest, LogoutRejected> {
-    let token = Jws::parse(raw, MAX_BYTES).map_err(JwsRejected::phrase)?;
+    let token = Jws::parse(raw, MAX_BYTES)?;
     // §2.4: `typ` should be `logout+jwt`; when present it must say so (an ID token or access
     // token is never a logout token).
     if token.typ_is(&["logout+jwt", "jwt"]) == Some(false) {
-        return Err("wrong typ");
+        return Err(LogoutRejected::Invalid("wrong typ"));
     }
     token
         .verify(expect.algorithms, expect.hmac_secret, jwks)
-        .await
-        .map_err(JwsRejected::phrase)?;
-    check_claims(&token.claims, expect)
+        .await?;
+    check_claims(&token.claims, expect).map_err(LogoutRejected::Invalid)
 }
 
 fn check_claims(
     claims: &Claims,
     expect: &LogoutExpectations<'_>,
-) -> Result<LogoutRequest, LogoutRejected> {
+) -> Result<LogoutRequest, &'static str> {
     if claims.get("iss").and_then(Value::as_str) != Some(expect.issuer) {
         return Err("wrong issuer");
     }

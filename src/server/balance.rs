@@ -5,12 +5,18 @@
 //! of them while another idles. The worker that accepts a connection therefore hands it to the
 //! worker with the fewest open connections when that is not itself: the same least-connections
 //! rule as Envoy's `exact_balance`, paid once per connection, never per request.
+//!
+//! A connection counts while hyper serves it; a websocket (or other upgrade) tunnel outlives
+//! that and is not counted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
+
+/// The count of a worker that takes no connections: never the least busy.
+const GONE: usize = usize::MAX / 2;
 
 /// A connection accepted by one worker for another to serve.
 pub type Handoff = (std::net::TcpStream, SocketAddr);
@@ -45,13 +51,14 @@ impl Balancer {
         target
     }
 
-    /// Gives a connection placed on worker `to` to it. When that worker no longer takes any
-    /// (it is shutting down), the connection is counted back on `from` and returned.
+    /// Gives a connection placed on worker `to` to it. When that worker takes no more (it is
+    /// stopping, or never started), it is never chosen again and the connection is counted
+    /// back on `from` and returned.
     pub fn hand_off(&self, from: usize, to: usize, conn: Handoff) -> Result<(), Handoff> {
         match self.handoff[to].send(conn) {
             Ok(()) => Ok(()),
             Err(mpsc::error::SendError(conn)) => {
-                self.closed(to);
+                self.open[to].store(GONE, Ordering::Relaxed);
                 self.open[from].fetch_add(1, Ordering::Relaxed);
                 Err(conn)
             }
@@ -69,9 +76,12 @@ impl Balancer {
             .map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
-    /// Open connections per worker (metrics).
+    /// Open connections per worker (metrics); a stopped worker has none.
     pub fn counts(&self) -> Vec<usize> {
-        (0..self.open.len()).map(|w| self.count(w)).collect()
+        (0..self.open.len())
+            .map(|w| self.count(w))
+            .map(|n| if n >= GONE / 2 { 0 } else { n })
+            .collect()
     }
 }
 
@@ -125,5 +135,6 @@ mod tests {
             [2, 0],
             "counted back on the worker that kept it"
         );
+        assert_eq!(b.place(0), 0, "a stopped worker is never chosen again");
     }
 }

@@ -247,121 +247,140 @@ impl Worker {
                 return;
             }
         };
-        let gateway = Arc::new(self.gateway);
-        let builder = Arc::new(http_builder(config));
-        let graceful = GracefulShutdown::new();
-        let scheme_https = tls.is_some();
-        let handshake_timeout = config.server.header_read_timeout;
-        tokio::spawn(timer::tick(timer::tick_for(handshake_timeout)));
+        let conns = Conns {
+            gateway: Arc::new(self.gateway),
+            builder: Arc::new(http_builder(config)),
+            graceful: GracefulShutdown::new(),
+            tls,
+            handshake_timeout: config.server.header_read_timeout,
+            balancer: balancer.clone(),
+            worker: n,
+        };
+        tokio::spawn(timer::tick(timer::tick_for(conns.handshake_timeout)));
         loop {
-            let (stream, peer) = tokio::select! {
+            tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => break,
-                Some((stream, peer)) = handed.recv() => {
-                    match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
-                        Ok(stream) => (stream, peer),
-                        Err(err) => {
-                            balancer.closed(n);
-                            tracing::debug!(%peer, error = %err, "handed-off connection unusable");
-                            continue;
-                        }
-                    }
-                }
+                Some((stream, peer)) = handed.recv() => conns.serve_handed(stream, peer),
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => match balancer.place(n) {
-                        here if here == n => (stream, peer),
-                        other => {
-                            let Ok(std) = stream.into_std() else {
-                                balancer.closed(other);
-                                continue;
-                            };
-                            match balancer.hand_off(n, other, (std, peer)) {
-                                Ok(()) => continue,
-                                Err((std, peer)) => match TcpStream::from_std(std) {
-                                    Ok(stream) => (stream, peer),
-                                    Err(_) => {
-                                        balancer.closed(n);
-                                        continue;
-                                    }
-                                },
+                        here if here == n => conns.serve(stream, peer),
+                        other => match stream.into_std() {
+                            Ok(std) => {
+                                if let Err((std, peer)) = balancer.hand_off(n, other, (std, peer)) {
+                                    conns.serve_handed(std, peer);
+                                }
                             }
-                        }
+                            Err(_) => balancer.closed(other),
+                        },
                     },
-                    Err(err) => {
-                        survive_accept_error(&err).await;
-                        continue;
-                    }
+                    Err(err) => survive_accept_error(&err).await,
                 },
-            };
-            let open = Open {
-                balancer: balancer.clone(),
-                worker: n,
-            };
-            let conn = ConnInfo {
-                peer,
-                tls: scheme_https,
-            };
-            let gateway = gateway.clone();
-            let service = service_fn(move |req: Request<Incoming>| {
-                Gateway::handle(gateway.clone(), req, conn)
-            });
-            let _ = stream.set_nodelay(true);
-            match &tls {
-                None => {
-                    let io = TokioIo::new(FirstBytes::new(stream, handshake_timeout));
-                    let conn = builder
-                        .serve_connection_with_upgrades(io, service)
-                        .into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        let _open = open;
-                        if let Err(err) = conn.await {
-                            tracing::debug!(%peer, error = %err, "connection ended with an error");
-                        }
-                    });
-                }
-                Some(acceptor) => {
-                    let acceptor = acceptor.clone();
-                    let builder = builder.clone();
-                    let watcher = graceful.watcher();
-                    tokio::spawn(async move {
-                        let _open = open;
-                        let tls =
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(tls)) => tls,
-                                Ok(Err(err)) => {
-                                    tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        let io = TokioIo::new(FirstBytes::new(tls, handshake_timeout));
-                        let conn = builder
-                            .serve_connection_with_upgrades(io, service)
-                            .into_owned();
-                        if let Err(err) = watcher.watch(conn).await {
-                            tracing::debug!(%peer, error = %err, "connection ended with an error");
-                        }
-                    });
-                }
             }
         }
         drop(listener);
+        // Connections handed to this worker but not picked up yet were accepted: they are
+        // served like the others, and nothing more is handed here.
+        handed.close();
+        while let Ok((stream, peer)) = handed.try_recv() {
+            conns.serve_handed(stream, peer);
+        }
         let deadline = config.server.shutdown_timeout;
         tracing::info!(
             deadline_secs = deadline.as_secs_f64(),
             "stopped accepting; draining in-flight requests"
         );
-        if tokio::time::timeout(deadline, graceful.shutdown())
+        if tokio::time::timeout(deadline, conns.graceful.shutdown())
             .await
             .is_err()
         {
             tracing::warn!("shutdown deadline reached with requests still in flight");
+        }
+    }
+}
+
+/// What one worker needs to serve a connection it accepted or was handed.
+struct Conns {
+    gateway: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: GracefulShutdown,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    balancer: Arc<Balancer>,
+    worker: usize,
+}
+
+impl Conns {
+    /// A connection another worker accepted for this one (already counted here).
+    fn serve_handed(&self, stream: std::net::TcpStream, peer: SocketAddr) {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => self.serve(stream, peer),
+            Err(err) => {
+                self.balancer.closed(self.worker);
+                tracing::debug!(%peer, error = %err, "handed-off connection unusable");
+            }
+        }
+    }
+
+    /// Serves `stream` on this worker until it closes; it was counted here by the balancer,
+    /// and is counted down when its task ends, however it ends.
+    fn serve(&self, stream: TcpStream, peer: SocketAddr) {
+        let open = Open {
+            balancer: self.balancer.clone(),
+            worker: self.worker,
+        };
+        let conn = ConnInfo {
+            peer,
+            tls: self.tls.is_some(),
+        };
+        let gateway = self.gateway.clone();
+        let service =
+            service_fn(move |req: Request<Incoming>| Gateway::handle(gateway.clone(), req, conn));
+        let _ = stream.set_nodelay(true);
+        let handshake_timeout = self.handshake_timeout;
+        match &self.tls {
+            None => {
+                let io = TokioIo::new(FirstBytes::new(stream, handshake_timeout));
+                let conn = self
+                    .builder
+                    .serve_connection_with_upgrades(io, service)
+                    .into_owned();
+                let conn = self.graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _open = open;
+                    if let Err(err) = conn.await {
+                        tracing::debug!(%peer, error = %err, "connection ended with an error");
+                    }
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let builder = self.builder.clone();
+                let watcher = self.graceful.watcher();
+                tokio::spawn(async move {
+                    let _open = open;
+                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let io = TokioIo::new(FirstBytes::new(tls, handshake_timeout));
+                    let conn = builder
+                        .serve_connection_with_upgrades(io, service)
+                        .into_owned();
+                    if let Err(err) = watcher.watch(conn).await {
+                        tracing::debug!(%peer, error = %err, "connection ended with an error");
+                    }
+                });
+            }
         }
     }
 }

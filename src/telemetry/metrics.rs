@@ -8,7 +8,7 @@
 //! requests, readiness) is read when Prometheus scrapes, not on the request path.
 
 use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, header};
@@ -57,8 +57,8 @@ pub struct Snapshot {
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
-    /// `requests` by status code, resolved at first use (100..=599).
-    by_code: Box<[OnceLock<IntCounter>]>,
+    /// `requests` by status code, resolved at first use (100..=999, all `http` allows).
+    by_code: Box<[OnceLock<Option<IntCounter>>]>,
     duration: Histogram,
     upstream_duration: Histogram,
     authentications: [IntCounter; 5],
@@ -67,6 +67,9 @@ pub struct Metrics {
     upstream_token_requests: IntCounterVec,
     redis_up: IntGauge,
     open_connections: IntGaugeVec,
+    /// One scrape at a time: the mirrored counters are brought up to their source by adding
+    /// the difference, which two scrapes at once would add twice.
+    scraping: Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -106,7 +109,14 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
-        let authentications = AUTH_OUTCOMES.map(|o| auth.with_label_values(&[o]));
+        let [a, b, c, d, e] = AUTH_OUTCOMES;
+        let authentications = [
+            auth.get_metric_with_label_values(&[a])?,
+            auth.get_metric_with_label_values(&[b])?,
+            auth.get_metric_with_label_values(&[c])?,
+            auth.get_metric_with_label_values(&[d])?,
+            auth.get_metric_with_label_values(&[e])?,
+        ];
         let provider_ready = IntGauge::new(
             "gatehouse_provider_ready",
             "1 when the provider's discovery and keys are loaded.",
@@ -137,7 +147,8 @@ impl Metrics {
             Opts::new("gatehouse_build_info", "The running version."),
             &["version"],
         )?;
-        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        info.get_metric_with_label_values(&[env!("CARGO_PKG_VERSION")])?
+            .set(1);
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -146,7 +157,7 @@ impl Metrics {
         Ok(Self {
             registry,
             requests,
-            by_code: (100..=599).map(|_| OnceLock::new()).collect(),
+            by_code: (100..=999).map(|_| OnceLock::new()).collect(),
             duration,
             upstream_duration,
             authentications,
@@ -155,15 +166,22 @@ impl Metrics {
             upstream_token_requests,
             redis_up,
             open_connections,
+            scraping: Mutex::new(()),
         })
     }
 
     /// A request answered with `status` after `took`; `upstream` when it was forwarded.
     pub fn request(&self, status: StatusCode, took: Duration, upstream: Option<Duration>) {
         let code = status.as_u16();
-        if let Some(slot) = self.by_code.get(usize::from(code).wrapping_sub(100)) {
-            slot.get_or_init(|| self.requests.with_label_values(&[status.as_str()]))
-                .inc();
+        let slot = self.by_code.get(usize::from(code).wrapping_sub(100));
+        if let Some(Some(counter)) = slot.map(|slot| {
+            slot.get_or_init(|| {
+                self.requests
+                    .get_metric_with_label_values(&[status.as_str()])
+                    .ok()
+            })
+        }) {
+            counter.inc();
         }
         self.duration.observe(took.as_secs_f64());
         if let Some(up) = upstream {
@@ -177,6 +195,7 @@ impl Metrics {
 
     /// The text exposition of every metric, `snapshot` taken just now.
     pub fn render(&self, snapshot: &Snapshot) -> String {
+        let _one_at_a_time = self.scraping.lock().unwrap_or_else(PoisonError::into_inner);
         let mut families = self.registry.gather();
         if let Some(ready) = snapshot.provider_ready {
             self.provider_ready.set(i64::from(ready));
@@ -188,12 +207,12 @@ impl Metrics {
         }
         if !snapshot.upstream_token_requests.is_empty() {
             for (name, n) in &snapshot.upstream_token_requests {
-                advance(
-                    &self
-                        .upstream_token_requests
-                        .with_label_values(&[name.as_str()]),
-                    *n,
-                );
+                if let Ok(counter) = self
+                    .upstream_token_requests
+                    .get_metric_with_label_values(&[name.as_str()])
+                {
+                    advance(&counter, *n);
+                }
             }
             families.extend(prometheus::core::Collector::collect(
                 &self.upstream_token_requests,
@@ -205,9 +224,12 @@ impl Metrics {
         }
         if !snapshot.open_connections.is_empty() {
             for (worker, n) in snapshot.open_connections.iter().enumerate() {
-                self.open_connections
-                    .with_label_values(&[worker.to_string()])
-                    .set(i64::try_from(*n).unwrap_or(i64::MAX));
+                if let Ok(gauge) = self
+                    .open_connections
+                    .get_metric_with_label_values(&[worker.to_string()])
+                {
+                    gauge.set(i64::try_from(*n).unwrap_or(i64::MAX));
+                }
             }
             families.extend(prometheus::core::Collector::collect(&self.open_connections));
         }
@@ -231,7 +253,13 @@ fn advance(counter: &IntCounter, total: u64) {
     }
 }
 
-/// Serves `/metrics` on `listener` until `stop` completes: plain HTTP/1.1, GET or HEAD only.
+/// Scrapers served at once; more wait for a slot (a scrape takes microseconds).
+const MAX_SCRAPERS: usize = 16;
+/// Longest a metrics connection lives, whatever its client does.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Serves `/metrics` on `listener` until `stop` completes: plain HTTP/1.1, GET or HEAD only,
+/// one request per connection, a bounded number of connections each with a deadline.
 /// `snapshot` is taken at each scrape.
 pub async fn serve(
     listener: TcpListener,
@@ -240,7 +268,15 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
     loop {
+        let slot = tokio::select! {
+            () = &mut stop => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
         let (stream, peer) = tokio::select! {
             () = &mut stop => return,
             accepted = listener.accept() => match accepted {
@@ -259,13 +295,18 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(answer) }
         });
         tokio::spawn(async move {
-            let served = hyper::server::conn::http1::Builder::new()
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(err) = served {
-                tracing::debug!(%peer, error = %err, "metrics connection ended with an error");
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_DEADLINE, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, error = %err, "metrics connection ended with an error");
+                }
+                Err(_) => tracing::debug!(%peer, "metrics connection cut at its deadline"),
             }
         });
     }
@@ -285,7 +326,10 @@ fn scrape(
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        resp.headers_mut()
+            .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        return resp;
     }
     let mut resp = Response::new(Body::from(metrics.render(&snapshot())));
     resp.headers_mut().insert(

@@ -104,6 +104,7 @@ async fn metrics_live_on_their_own_listener_and_count_answers_and_authentication
     )
     .await;
     assert_eq!(post.status, 405);
+    assert_eq!(post.headers["allow"], "GET, HEAD");
 }
 
 /// Workers keep a connection for its whole life, so how connections are spread decides how
