@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 
-use crate::support::redis::{RedisServer, Sentinel};
+use crate::support::redis::{RedisCluster, RedisServer, Sentinel};
 use crate::support::world::{self, World};
 use crate::support::{Gateway, Reply, send};
 
@@ -227,39 +227,40 @@ async fn two_replicas_refresh_a_shared_session_once() {
 /// (the cookie store can only promise the replica that was called).
 #[tokio::test]
 async fn back_channel_logout_on_one_replica_ends_the_session_on_both() {
-    use gatehouse::oidc::logout_token::BACKCHANNEL_LOGOUT_EVENT;
     let redis = RedisServer::start();
     let (world, cookie) = logged_in(&redis).await;
     let replica = world.replica();
     assert_eq!(api(&replica, "/orders", &cookie).await.status, 200);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = serde_json::json!({
-        "iss": world.provider.issuer(),
-        "aud": "gatehouse",
-        "iat": now,
-        "jti": format!("jti-{}", rand::random::<u64>()),
-        "events": { BACKCHANNEL_LOGOUT_EVENT: {} },
-        "sub": "alice",
-    });
-    let token = world
-        .provider
-        .sign_for_tests(&claims, "logout+jwt")
-        .unwrap();
-    let reply = send(
-        Request::post(world.gw.url("/oauth2/backchannel_logout"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(Full::new(Bytes::from(format!("logout_token={token}"))))
-            .unwrap(),
-    )
-    .await;
+    let reply = back_channel_logout(&world, "alice").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(redis.keys("gatehouse:s:*").is_empty());
     for gw in [&replica, &world.gw] {
         assert_eq!(api(gw, "/orders", &cookie).await.status, 401);
     }
+}
+
+/// The provider's back-channel logout of every session of `sub`, posted to `world`'s gateway.
+async fn back_channel_logout(world: &World, sub: &str) -> Reply {
+    use gatehouse::oidc::logout_token::BACKCHANNEL_LOGOUT_EVENT;
+    let claims = serde_json::json!({
+        "iss": world.provider.issuer(),
+        "aud": "gatehouse",
+        "iat": gatehouse::oidc::unix_now(),
+        "jti": format!("jti-{}", rand::random::<u64>()),
+        "events": { BACKCHANNEL_LOGOUT_EVENT: {} },
+        "sub": sub,
+    });
+    let token = world
+        .provider
+        .sign_for_tests(&claims, "logout+jwt")
+        .unwrap();
+    send(
+        Request::post(world.gw.url("/oauth2/backchannel_logout"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(format!("logout_token={token}"))))
+            .unwrap(),
+    )
+    .await
 }
 
 /// A person logs in at `world`; the status of the callback, where the new session is stored.
@@ -371,6 +372,55 @@ async fn sessions_in_a_redis_cluster_are_shared_and_end_on_sign_out() {
         "signed out on every replica: {}",
         reply.text()
     );
+}
+
+/// A three-node Cluster, the gateway told of one node: sessions and their `sub`/`sid` indexes
+/// land on whichever node owns their slot (the client follows the cluster's map), a
+/// back-channel logout reads an index on one node and deletes sessions on others, and a
+/// sign-out deletes on the node that holds the session.
+#[tokio::test]
+async fn sessions_in_a_three_node_cluster_live_on_every_node_and_end_everywhere() {
+    let cluster = RedisCluster::start(3);
+    let world = World::start(&format!(
+        "store = \"redis\"\nredis_cluster = [\"{}\"]\n",
+        cluster.nodes[0].url()
+    ))
+    .await;
+    let mut cookies = Vec::new();
+    for user in ["alice", "alice", "alice", "alice", "bob"] {
+        let mut browser = world.browser();
+        let (page, _) = world::login(&world, &mut browser, "/hello", user, &["staff"]).await;
+        assert_eq!(page.status, 200, "{}", page.text());
+        cookies.push((user, world.cookie_header(&browser)));
+    }
+    for (_, cookie) in &cookies {
+        assert_eq!(api(&world.replica(), "/orders", cookie).await.status, 200);
+    }
+    assert_eq!(cluster.keys("gatehouse:s:*").len(), 5);
+    // Five sessions and their indexes on one node out of three: about one chance in 10^7.
+    let holding = cluster
+        .nodes
+        .iter()
+        .filter(|n| !n.keys("gatehouse:*").is_empty())
+        .count();
+    assert!(holding >= 2, "every key on one node: redirection untested");
+
+    let reply = back_channel_logout(&world, "alice").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    for (user, cookie) in &cookies {
+        let expected = if *user == "alice" { 401 } else { 200 };
+        assert_eq!(
+            api(&world.gw, "/orders", cookie).await.status,
+            expected,
+            "{user}"
+        );
+    }
+    assert_eq!(cluster.keys("gatehouse:s:*").len(), 1, "bob's is left");
+
+    let (_, bob) = &cookies[4];
+    assert_eq!(api(&world.gw, "/oauth2/sign_out", bob).await.status, 302);
+    assert!(cluster.keys("gatehouse:s:*").is_empty());
+    assert_eq!(api(&world.replica(), "/orders", bob).await.status, 401);
 }
 
 /// A second session secret (base64 of 32 bytes), for rotation.

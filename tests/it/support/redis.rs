@@ -222,6 +222,79 @@ impl RedisServer {
     }
 }
 
+/// A Redis Cluster of several nodes on loopback: the slots split evenly between them, every
+/// node knowing the others (`cluster_state:ok` and all nodes known, on each), so a key lives on
+/// whichever node owns its slot and a client given one node must find the rest.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(count: usize) -> Self {
+        let mut buses = Vec::new();
+        let nodes: Vec<RedisServer> = (0..count)
+            .map(|_| {
+                let bus = free_addr().port();
+                buses.push(bus);
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    &bus.to_string(),
+                ])
+            })
+            .collect();
+        let share = 16384 / count;
+        for (i, node) in nodes.iter().enumerate() {
+            let last = if i + 1 == count {
+                16383
+            } else {
+                (i + 1) * share - 1
+            };
+            let _: () = redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(i * share)
+                .arg(last)
+                .query(&mut node.connection())
+                .unwrap();
+        }
+        let mut first = nodes[0].connection();
+        for (node, bus) in nodes.iter().zip(&buses).skip(1) {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("MEET")
+                .arg("127.0.0.1")
+                .arg(node.addr.port())
+                .arg(*bus)
+                .query(&mut first)
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut node.connection())
+                    .unwrap();
+                if info.contains("cluster_state:ok")
+                    && info.contains(&format!("cluster_known_nodes:{count}"))
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster not ready: {info}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Self { nodes }
+    }
+
+    /// The keys matching `pattern` on every node.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        self.nodes.iter().flat_map(|n| n.keys(pattern)).collect()
+    }
+}
+
 /// A Redis Sentinel (`redis-server --sentinel`) on 127.0.0.1 watching `master` under the name
 /// `mymaster`, killed by pid when dropped.
 pub struct Sentinel {
