@@ -9,11 +9,23 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, HeaderValue, Method};
 
 /// What the accept step knows about the connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The request arrived over TLS terminated by the gateway.
     pub tls: bool,
+    /// Lives as long as the connection: it is counted on its worker until the last clone is
+    /// gone, and a websocket tunnel, which outlives hyper's connection, keeps one.
+    pub lifetime: Option<Arc<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for ConnInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnInfo")
+            .field("peer", &self.peer)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]

@@ -29,7 +29,7 @@ use tokio_rustls::TlsConnector;
 use self::headers::{ForwardInfo, HeaderRules};
 use crate::body::Body;
 use crate::config::{Config, UpstreamConfig};
-use crate::context::RequestCtx;
+use crate::context::{ConnInfo, RequestCtx};
 
 /// Why forwarding failed. Mapped to 502/504 once, in `error.rs`.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +165,7 @@ impl Proxy {
                 }
                 Ok(result) => result?,
             };
-            Ok(finish(resp, client_upgrade))
+            Ok(finish(resp, client_upgrade, &ctx.conn))
         }
     }
 
@@ -226,14 +226,23 @@ enum Prepared<'a> {
 }
 
 /// The upstream's response as the client gets it; a protocol switch becomes a tunnel.
-fn finish(mut resp: Response<Incoming>, client_upgrade: Option<OnUpgrade>) -> Response<Body> {
+fn finish(
+    mut resp: Response<Incoming>,
+    client_upgrade: Option<OnUpgrade>,
+    conn: &ConnInfo,
+) -> Response<Body> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
     {
         // Rule 33: the tunnel exists only now that the upstream said 101; until then
         // hyper kept parsing the client's bytes as HTTP requests.
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+        let lifetime = conn.lifetime.clone();
+        tokio::spawn(async move {
+            tunnel(client_upgrade, upstream_upgrade).await;
+            // The connection ends with its tunnel, not with hyper's part of it.
+            drop(lifetime);
+        });
         let (parts, _) = resp.into_parts();
         return Response::from_parts(parts, Body::empty());
     }

@@ -6,8 +6,8 @@
 //! worker with the fewest open connections when that is not itself: the same least-connections
 //! rule as Envoy's `exact_balance`, paid once per connection, never per request.
 //!
-//! A connection counts while hyper serves it; a websocket (or other upgrade) tunnel outlives
-//! that and is not counted.
+//! A connection counts until it closes: a websocket (or other upgrade) tunnel, which outlives
+//! hyper's part of the connection, keeps it counted (see `ConnInfo::lifetime`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

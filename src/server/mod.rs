@@ -325,17 +325,21 @@ impl Conns {
     /// Serves `stream` on this worker until it closes; it was counted here by the balancer,
     /// and is counted down when its task ends, however it ends.
     fn serve(&self, stream: TcpStream, peer: SocketAddr) {
-        let open = Open {
+        // Counted down when the last holder lets go: the service below (dropped with the
+        // connection, a failed TLS handshake included) or a websocket tunnel.
+        let open: Arc<dyn Send + Sync> = Arc::new(Open {
             balancer: self.balancer.clone(),
             worker: self.worker,
-        };
+        });
         let conn = ConnInfo {
             peer,
             tls: self.tls.is_some(),
+            lifetime: Some(open),
         };
         let gateway = self.gateway.clone();
-        let service =
-            service_fn(move |req: Request<Incoming>| Gateway::handle(gateway.clone(), req, conn));
+        let service = service_fn(move |req: Request<Incoming>| {
+            Gateway::handle(gateway.clone(), req, conn.clone())
+        });
         let _ = stream.set_nodelay(true);
         let handshake_timeout = self.handshake_timeout;
         match &self.tls {
@@ -347,7 +351,6 @@ impl Conns {
                     .into_owned();
                 let conn = self.graceful.watch(conn);
                 tokio::spawn(async move {
-                    let _open = open;
                     if let Err(err) = conn.await {
                         tracing::debug!(%peer, error = %err, "connection ended with an error");
                     }
@@ -358,7 +361,6 @@ impl Conns {
                 let builder = self.builder.clone();
                 let watcher = self.graceful.watcher();
                 tokio::spawn(async move {
-                    let _open = open;
                     let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
                         .await
                     {

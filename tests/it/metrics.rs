@@ -1,12 +1,14 @@
 //! Prometheus metrics: served on their own listener only (rule 37), counting what an operator
 //! watches — answers by status, authentication outcomes, the provider's readiness.
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 
 use crate::support::world::World;
-use crate::support::{Reply, get, parse_address, send};
+use crate::support::{Gateway, Reply, get, parse_address, send};
 
 const CONFIG: &str = "[bearer]\nenabled = true\naudiences = [\"gatehouse\"]\n\n\
                       [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
@@ -20,6 +22,16 @@ async fn call(url: &str, authorization: Option<&str>) -> Reply {
     send(req.body(Full::new(Bytes::new())).unwrap()).await
 }
 
+/// Where `gw` serves its metrics, as it logged at start.
+async fn metrics_addr(gw: &Gateway) -> SocketAddr {
+    gw.wait_for_log("metrics at /metrics")
+        .await
+        .lines()
+        .find(|l| l.contains("metrics at /metrics"))
+        .and_then(parse_address)
+        .expect("the metrics address is logged")
+}
+
 /// The value of the sample `name` (with its labels, as exposed), `None` when absent.
 fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -29,12 +41,7 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_live_on_their_own_listener_and_count_answers_and_authentications() {
     let world = World::start(CONFIG).await;
-    let logs = world.gw.wait_for_log("metrics at /metrics").await;
-    let metrics_addr = logs
-        .lines()
-        .find(|l| l.contains("metrics at /metrics"))
-        .and_then(parse_address)
-        .expect("the metrics address is logged");
+    let metrics_addr = metrics_addr(&world.gw).await;
     assert_ne!(metrics_addr, world.gw.addr);
     let scrape = format!("http://{metrics_addr}/metrics");
 
@@ -114,17 +121,12 @@ async fn metrics_live_on_their_own_listener_and_count_answers_and_authentication
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_spread_evenly_over_the_workers() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let gw = crate::support::Gateway::start(
+    let gw = Gateway::start(
         "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n\n\
          [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
          [[upstreams]]\nurl = \"http://127.0.0.1:9\"\n",
     );
-    let logs = gw.wait_for_log("metrics at /metrics").await;
-    let metrics_addr = logs
-        .lines()
-        .find(|l| l.contains("metrics at /metrics"))
-        .and_then(parse_address)
-        .unwrap();
+    let metrics_addr = metrics_addr(&gw).await;
     let mut open = Vec::new();
     for _ in 0..40 {
         let mut conn = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -148,21 +150,60 @@ async fn connections_are_spread_evenly_over_the_workers() {
     // Closed connections are counted down.
     drop(open);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let text = get(&format!("http://{metrics_addr}/metrics")).await.text();
-        let open: f64 = ["0", "1"]
-            .iter()
-            .filter_map(|w| {
-                sample(
-                    &text,
-                    &format!("gatehouse_open_connections{{worker=\"{w}\"}}"),
-                )
-            })
-            .sum();
-        if open == 0.0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{text}");
+    while open_connections(metrics_addr).await != 0.0 {
+        assert!(std::time::Instant::now() < deadline, "never counted down");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Open connections over all workers, as the metrics say.
+async fn open_connections(metrics: SocketAddr) -> f64 {
+    let text = get(&format!("http://{metrics}/metrics")).await.text();
+    (0..4)
+        .filter_map(|w| {
+            sample(
+                &text,
+                &format!("gatehouse_open_connections{{worker=\"{w}\"}}"),
+            )
+        })
+        .sum()
+}
+
+/// A websocket outlives hyper's part of its connection (the tunnel takes the socket over):
+/// it still counts as an open connection of its worker until it closes, so long-lived
+/// websockets weigh on where new connections go.
+#[tokio::test]
+async fn a_websocket_counts_as_open_until_it_closes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let up = crate::support::upstream::Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 2\n\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[upstreams]]\nurl = \"{}\"\n",
+        up.url()
+    ));
+    let metrics = metrics_addr(&gw).await;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(format!("ws://{}/ws", gw.addr), stream)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+    ws.send(Message::text("ping")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping"));
+    assert_eq!(
+        open_connections(metrics).await,
+        1.0,
+        "the tunnel is counted"
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while open_connections(metrics).await != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tunnel's count never went"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
