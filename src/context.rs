@@ -16,7 +16,7 @@ pub struct ConnInfo {
     pub tls: bool,
     /// Lives as long as the connection: it is counted on its worker until the last clone is
     /// gone, and a websocket tunnel, which outlives hyper's connection, keeps one.
-    pub lifetime: Option<Arc<dyn Send + Sync>>,
+    pub lifetime: Arc<dyn Send + Sync>,
 }
 
 impl std::fmt::Debug for ConnInfo {

@@ -323,7 +323,7 @@ impl Conns {
     }
 
     /// Serves `stream` on this worker until it closes; it was counted here by the balancer,
-    /// and is counted down when its task ends, however it ends.
+    /// and is counted down when the connection ends, however it ends.
     fn serve(&self, stream: TcpStream, peer: SocketAddr) {
         // Counted down when the last holder lets go: the service below (dropped with the
         // connection, a failed TLS handshake included) or a websocket tunnel.
@@ -334,7 +334,7 @@ impl Conns {
         let conn = ConnInfo {
             peer,
             tls: self.tls.is_some(),
-            lifetime: Some(open),
+            lifetime: open,
         };
         let gateway = self.gateway.clone();
         let service = service_fn(move |req: Request<Incoming>| {

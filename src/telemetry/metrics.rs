@@ -8,13 +8,15 @@
 //! requests, readiness) is read when Prometheus scrapes, not on the request path.
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -62,14 +64,6 @@ pub struct Metrics {
     duration: Histogram,
     upstream_duration: Histogram,
     authentications: [IntCounter; 5],
-    provider_ready: IntGauge,
-    refresh_grants: IntCounter,
-    upstream_token_requests: IntCounterVec,
-    redis_up: IntGauge,
-    open_connections: IntGaugeVec,
-    /// One scrape at a time: the mirrored counters are brought up to their source by adding
-    /// the difference, which two scrapes at once would add twice.
-    scraping: Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -88,19 +82,13 @@ impl Metrics {
             ),
             &["code"],
         )?;
-        let duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "gatehouse_request_duration_seconds",
-                "Time from the request head to the response head, gateway and upstream.",
-            )
-            .buckets(BUCKETS.to_vec()),
+        let duration = histogram(
+            "gatehouse_request_duration_seconds",
+            "Time from the request head to the response head, gateway and upstream.",
         )?;
-        let upstream_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "gatehouse_upstream_duration_seconds",
-                "Time the upstream took to send its response head.",
-            )
-            .buckets(BUCKETS.to_vec()),
+        let upstream_duration = histogram(
+            "gatehouse_upstream_duration_seconds",
+            "Time the upstream took to send its response head.",
         )?;
         let auth = IntCounterVec::new(
             Opts::new(
@@ -117,32 +105,6 @@ impl Metrics {
             auth.get_metric_with_label_values(&[d])?,
             auth.get_metric_with_label_values(&[e])?,
         ];
-        let provider_ready = IntGauge::new(
-            "gatehouse_provider_ready",
-            "1 when the provider's discovery and keys are loaded.",
-        )?;
-        let refresh_grants = IntCounter::new(
-            "gatehouse_refresh_grants_total",
-            "Refresh-token grants sent to the provider.",
-        )?;
-        let upstream_token_requests = IntCounterVec::new(
-            Opts::new(
-                "gatehouse_upstream_token_requests_total",
-                "Client-credentials token requests made for a protected upstream.",
-            ),
-            &["upstream"],
-        )?;
-        let redis_up = IntGauge::new(
-            "gatehouse_redis_up",
-            "1 while the Redis session store answers.",
-        )?;
-        let open_connections = IntGaugeVec::new(
-            Opts::new(
-                "gatehouse_open_connections",
-                "Client connections open, per worker thread (each serves its connections for their whole life).",
-            ),
-            &["worker"],
-        )?;
         let info = IntGaugeVec::new(
             Opts::new("gatehouse_build_info", "The running version."),
             &["version"],
@@ -161,12 +123,6 @@ impl Metrics {
             duration,
             upstream_duration,
             authentications,
-            provider_ready,
-            refresh_grants,
-            upstream_token_requests,
-            redis_up,
-            open_connections,
-            scraping: Mutex::new(()),
         })
     }
 
@@ -195,43 +151,10 @@ impl Metrics {
 
     /// The text exposition of every metric, `snapshot` taken just now.
     pub fn render(&self, snapshot: &Snapshot) -> String {
-        let _one_at_a_time = self.scraping.lock().unwrap_or_else(PoisonError::into_inner);
         let mut families = self.registry.gather();
-        if let Some(ready) = snapshot.provider_ready {
-            self.provider_ready.set(i64::from(ready));
-            families.extend(prometheus::core::Collector::collect(&self.provider_ready));
-        }
-        if let Some(grants) = snapshot.refresh_grants {
-            advance(&self.refresh_grants, grants);
-            families.extend(prometheus::core::Collector::collect(&self.refresh_grants));
-        }
-        if !snapshot.upstream_token_requests.is_empty() {
-            for (name, n) in &snapshot.upstream_token_requests {
-                if let Ok(counter) = self
-                    .upstream_token_requests
-                    .get_metric_with_label_values(&[name.as_str()])
-                {
-                    advance(&counter, *n);
-                }
-            }
-            families.extend(prometheus::core::Collector::collect(
-                &self.upstream_token_requests,
-            ));
-        }
-        if let Some(up) = snapshot.redis_up {
-            self.redis_up.set(i64::from(up));
-            families.extend(prometheus::core::Collector::collect(&self.redis_up));
-        }
-        if !snapshot.open_connections.is_empty() {
-            for (worker, n) in snapshot.open_connections.iter().enumerate() {
-                if let Ok(gauge) = self
-                    .open_connections
-                    .get_metric_with_label_values(&[worker.to_string()])
-                {
-                    gauge.set(i64::try_from(*n).unwrap_or(i64::MAX));
-                }
-            }
-            families.extend(prometheus::core::Collector::collect(&self.open_connections));
+        match from_snapshot(snapshot) {
+            Ok(more) => families.extend(more),
+            Err(err) => tracing::warn!(error = %err, "metrics of the shared parts left out"),
         }
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::new();
@@ -245,12 +168,70 @@ impl Metrics {
     }
 }
 
-/// Brings a counter that mirrors another component's count up to `total` (never down).
-fn advance(counter: &IntCounter, total: u64) {
-    let now = counter.get();
-    if total > now {
-        counter.inc_by(total - now);
+fn histogram(name: &str, help: &str) -> Result<Histogram, prometheus::Error> {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()))
+}
+
+/// The metrics of what other components count, built afresh from `s` at each scrape: the
+/// values are theirs, so nothing here keeps (or could drift from) a copy.
+fn from_snapshot(s: &Snapshot) -> Result<Vec<MetricFamily>, prometheus::Error> {
+    let mut out = Vec::new();
+    let mut gauge = |name: &str, help: &str, value: i64| -> Result<(), prometheus::Error> {
+        let g = IntGauge::new(name, help)?;
+        g.set(value);
+        out.extend(g.collect());
+        Ok(())
+    };
+    if let Some(ready) = s.provider_ready {
+        gauge(
+            "gatehouse_provider_ready",
+            "1 when the provider's discovery and keys are loaded.",
+            i64::from(ready),
+        )?;
     }
+    if let Some(up) = s.redis_up {
+        gauge(
+            "gatehouse_redis_up",
+            "1 while the Redis session store answers.",
+            i64::from(up),
+        )?;
+    }
+    if let Some(grants) = s.refresh_grants {
+        let c = IntCounter::new(
+            "gatehouse_refresh_grants_total",
+            "Refresh-token grants sent to the provider.",
+        )?;
+        c.inc_by(grants);
+        out.extend(c.collect());
+    }
+    if !s.upstream_token_requests.is_empty() {
+        let v = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_upstream_token_requests_total",
+                "Client-credentials token requests made for a protected upstream.",
+            ),
+            &["upstream"],
+        )?;
+        for (name, n) in &s.upstream_token_requests {
+            v.get_metric_with_label_values(&[name.as_str()])?.inc_by(*n);
+        }
+        out.extend(v.collect());
+    }
+    if !s.open_connections.is_empty() {
+        let v = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_open_connections",
+                "Client connections open, per worker thread (each serves its connections for their whole life).",
+            ),
+            &["worker"],
+        )?;
+        for (worker, n) in s.open_connections.iter().enumerate() {
+            v.get_metric_with_label_values(&[worker.to_string()])?
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        out.extend(v.collect());
+    }
+    Ok(out)
 }
 
 /// Scrapers served at once; more wait for a slot (a scrape takes microseconds).
@@ -385,7 +366,7 @@ mod tests {
             !text.contains("gatehouse_redis_up"),
             "no Redis, no Redis gauge"
         );
-        // A mirrored counter follows its source and never goes back.
+        // The shared parts' counts are theirs: a later scrape shows their later value.
         let again = m.render(&Snapshot {
             refresh_grants: Some(9),
             ..Snapshot::default()
