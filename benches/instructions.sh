@@ -98,6 +98,10 @@ TOML
     wait "$vg" 2>/dev/null || true
     file=$(ls -t "$out".* | head -1)
     total=$(awk '/^(summary|totals):/ {print $2; exit}' "$file")
+    if [[ -z $requests || $requests -eq 0 ]]; then
+        echo "instructions.sh: wrk served no request to $bin:" >&2; cat "$TMP/gw.log" >&2
+        exit 1
+    fi
     echo "$bin: $((total / requests)) instructions/request ($requests requests)"
     rm -f "$out".*
 done

@@ -9,42 +9,9 @@ use http_body_util::Full;
 use serde_json::{Value, json};
 
 use crate::support::world::{Browser, World, location, login};
-use crate::support::{Reply, send};
-use gatehouse::oidc::logout_token::BACKCHANNEL_LOGOUT_EVENT;
+use crate::support::{get, send};
 
 use gatehouse::oidc::unix_now as now;
-
-fn claims(world: &World, sid: Option<&str>, sub: Option<&str>) -> Value {
-    let mut c = json!({
-        "iss": world.provider.issuer(),
-        "aud": "gatehouse",
-        "iat": now(),
-        "jti": format!("jti-{}", rand::random::<u64>()),
-        "events": { BACKCHANNEL_LOGOUT_EVENT: {} },
-    });
-    if let Some(sid) = sid {
-        c["sid"] = json!(sid);
-    }
-    if let Some(sub) = sub {
-        c["sub"] = json!(sub);
-    }
-    c
-}
-
-async fn post_logout(world: &World, body: &str) -> Reply {
-    send(
-        Request::post(world.gw.url("/oauth2/backchannel_logout"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .unwrap(),
-    )
-    .await
-}
-
-async fn logout_with(world: &World, claims: &Value) -> Reply {
-    let token = world.provider.sign_for_tests(claims, "logout+jwt").unwrap();
-    post_logout(world, &format!("logout_token={token}")).await
-}
 
 async fn signed_in(world: &World, user: &str) -> Browser {
     let mut browser = world.browser();
@@ -72,7 +39,9 @@ async fn a_logout_token_for_a_provider_session_ends_that_session_only() {
     let mut alice = signed_in(&world, "alice").await;
     let mut bob = signed_in(&world, "bob").await;
     let sid = world.provider.sids_of("alice").pop().unwrap();
-    let reply = logout_with(&world, &claims(&world, Some(&sid), None)).await;
+    let reply = world
+        .backchannel_logout(&world.logout_claims(Some(&sid), None))
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.headers["cache-control"], "no-store");
     assert!(!still_in(&world, &mut alice).await);
@@ -84,7 +53,9 @@ async fn a_logout_token_for_a_user_ends_all_of_their_sessions() {
     let world = World::start("").await;
     let mut phone = signed_in(&world, "alice").await;
     let mut laptop = signed_in(&world, "alice").await;
-    let reply = logout_with(&world, &claims(&world, None, Some("alice"))).await;
+    let reply = world
+        .backchannel_logout(&world.logout_claims(None, Some("alice")))
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(!still_in(&world, &mut phone).await);
     assert!(!still_in(&world, &mut laptop).await);
@@ -100,7 +71,7 @@ async fn replayed_forged_and_misdirected_logout_tokens_change_nothing() {
     let world = World::start("").await;
     let mut alice = signed_in(&world, "alice").await;
     let sid = world.provider.sids_of("alice").pop().unwrap();
-    let base = claims(&world, Some(&sid), None);
+    let base = world.logout_claims(Some(&sid), None);
     let with = |k: &str, v: Value| {
         let mut c = base.clone();
         c[k] = v;
@@ -128,7 +99,7 @@ async fn replayed_forged_and_misdirected_logout_tokens_change_nothing() {
         ("neither sid nor sub", without("sid")),
     ];
     for (name, c) in &cases {
-        let reply = logout_with(&world, c).await;
+        let reply = world.backchannel_logout(c).await;
         assert_eq!(reply.status, 400, "{name}: {}", reply.text());
     }
     // A tampered signature.
@@ -137,7 +108,8 @@ async fn replayed_forged_and_misdirected_logout_tokens_change_nothing() {
     forged.pop();
     forged.push(if token.ends_with('A') { 'B' } else { 'A' });
     assert_eq!(
-        post_logout(&world, &format!("logout_token={forged}"))
+        world
+            .post_backchannel_logout(&format!("logout_token={forged}"))
             .await
             .status,
         400
@@ -145,33 +117,26 @@ async fn replayed_forged_and_misdirected_logout_tokens_change_nothing() {
     // An ID-token typ.
     let typed = world.provider.sign_for_tests(&base, "id+jwt").unwrap();
     assert_eq!(
-        post_logout(&world, &format!("logout_token={typed}"))
+        world
+            .post_backchannel_logout(&format!("logout_token={typed}"))
             .await
             .status,
         400
     );
     // Two logout_token parameters (rule 35), a GET, no body.
     assert_eq!(
-        post_logout(
-            &world,
-            &format!("logout_token={token}&logout_token={token}")
-        )
-        .await
-        .status,
+        world
+            .post_backchannel_logout(&format!("logout_token={token}&logout_token={token}"))
+            .await
+            .status,
         400
     );
-    assert_eq!(post_logout(&world, "").await.status, 400);
-    let get = send(
-        Request::get(
-            world
-                .gw
-                .url(&format!("/oauth2/backchannel_logout?logout_token={token}")),
-        )
-        .body(Full::new(Bytes::new()))
-        .unwrap(),
-    )
+    assert_eq!(world.post_backchannel_logout("").await.status, 400);
+    let reply = get(&world
+        .gw
+        .url(&format!("/oauth2/backchannel_logout?logout_token={token}")))
     .await;
-    assert_eq!(get.status, 400, "a logout token in a GET is refused");
+    assert_eq!(reply.status, 400, "a logout token in a GET is refused");
     assert!(
         still_in(&world, &mut alice).await,
         "nothing above may end the session"
@@ -179,13 +144,15 @@ async fn replayed_forged_and_misdirected_logout_tokens_change_nothing() {
 
     // The genuine token works once; its replay is refused.
     assert_eq!(
-        post_logout(&world, &format!("logout_token={token}"))
+        world
+            .post_backchannel_logout(&format!("logout_token={token}"))
             .await
             .status,
         200
     );
     assert_eq!(
-        post_logout(&world, &format!("logout_token={token}"))
+        world
+            .post_backchannel_logout(&format!("logout_token={token}"))
             .await
             .status,
         400
@@ -222,7 +189,8 @@ async fn with_the_cookie_store_a_logout_reaches_only_the_replica_the_provider_ca
     );
     let sid = world.provider.sids_of("alice").pop().unwrap();
     assert_eq!(
-        logout_with(&world, &claims(&world, Some(&sid), None))
+        world
+            .backchannel_logout(&world.logout_claims(Some(&sid), None))
             .await
             .status,
         200

@@ -190,7 +190,10 @@ async fn a_websocket_counts_as_open_until_it_closes() {
         .unwrap();
     assert_eq!(resp.status(), http::StatusCode::SWITCHING_PROTOCOLS);
     ws.send(Message::text("ping")).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping"));
+    let echoed = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+        .await
+        .expect("the echo took more than 10 s");
+    assert_eq!(echoed.unwrap().unwrap(), Message::text("ping"));
     assert_eq!(
         open_connections(metrics).await,
         1.0,

@@ -13,13 +13,6 @@ use crate::support::redis::{RedisCluster, RedisServer, Sentinel};
 use crate::support::world::{self, World};
 use crate::support::{Gateway, Reply, send};
 
-fn redis_session(server: &RedisServer) -> String {
-    format!(
-        "store = \"redis\"\nredis_url = \"{}\"\n\n[headers]\npass_access_token = true\n",
-        server.url()
-    )
-}
-
 /// An API call (no navigation) to `gw` carrying `cookie`.
 async fn api(gw: &Gateway, path: &str, cookie: &str) -> Reply {
     send(
@@ -33,7 +26,7 @@ async fn api(gw: &Gateway, path: &str, cookie: &str) -> Reply {
 }
 
 async fn logged_in(redis: &RedisServer) -> (World, String) {
-    logged_in_with(&redis_session(redis)).await
+    logged_in_with(&redis_at(&redis.url(), "")).await
 }
 
 /// `[session]` lines for the Redis store at `url`, plus `more`.
@@ -181,7 +174,7 @@ async fn redis_down_is_503_then_the_same_session_works_when_it_returns() {
 #[tokio::test]
 async fn two_replicas_refresh_a_shared_session_once() {
     let redis = RedisServer::start();
-    let extra = format!("refresh_before = \"1s\"\n{}", redis_session(&redis));
+    let extra = format!("refresh_before = \"1s\"\n{}", redis_at(&redis.url(), ""));
     let world = World::start_with_token_ttl(Duration::from_secs(3), &extra).await;
     let mut browser = world.browser();
     let (page, _) = world::login(&world, &mut browser, "/", "alice", &["staff"]).await;
@@ -231,36 +224,14 @@ async fn back_channel_logout_on_one_replica_ends_the_session_on_both() {
     let (world, cookie) = logged_in(&redis).await;
     let replica = world.replica();
     assert_eq!(api(&replica, "/orders", &cookie).await.status, 200);
-    let reply = back_channel_logout(&world, "alice").await;
+    let reply = world
+        .backchannel_logout(&world.logout_claims(None, Some("alice")))
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(redis.keys("gatehouse:s:*").is_empty());
     for gw in [&replica, &world.gw] {
         assert_eq!(api(gw, "/orders", &cookie).await.status, 401);
     }
-}
-
-/// The provider's back-channel logout of every session of `sub`, posted to `world`'s gateway.
-async fn back_channel_logout(world: &World, sub: &str) -> Reply {
-    use gatehouse::oidc::logout_token::BACKCHANNEL_LOGOUT_EVENT;
-    let claims = serde_json::json!({
-        "iss": world.provider.issuer(),
-        "aud": "gatehouse",
-        "iat": gatehouse::oidc::unix_now(),
-        "jti": format!("jti-{}", rand::random::<u64>()),
-        "events": { BACKCHANNEL_LOGOUT_EVENT: {} },
-        "sub": sub,
-    });
-    let token = world
-        .provider
-        .sign_for_tests(&claims, "logout+jwt")
-        .unwrap();
-    send(
-        Request::post(world.gw.url("/oauth2/backchannel_logout"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(Full::new(Bytes::from(format!("logout_token={token}"))))
-            .unwrap(),
-    )
-    .await
 }
 
 /// A person logs in at `world`; the status of the callback, where the new session is stored.
@@ -353,13 +324,14 @@ async fn sessions_through_sentinel_live_in_the_master_it_names() {
 
 #[tokio::test]
 async fn sessions_in_a_redis_cluster_are_shared_and_end_on_sign_out() {
-    let node = RedisServer::start_cluster();
+    let cluster = RedisCluster::start(1);
+    let node = &cluster.nodes[0];
     let (world, cookie) = logged_in_with(&format!(
         "store = \"redis\"\nredis_cluster = [\"{}\"]\n",
         node.url()
     ))
     .await;
-    shared(&world, &cookie, &node).await;
+    shared(&world, &cookie, node).await;
     assert_eq!(
         api(&world.gw, "/oauth2/sign_out", &cookie).await.status,
         302
@@ -393,11 +365,13 @@ async fn sessions_in_a_three_node_cluster_live_on_every_node_and_end_everywhere(
         assert_eq!(page.status, 200, "{}", page.text());
         cookies.push((user, world.cookie_header(&browser)));
     }
+    let replica = world.replica();
     for (_, cookie) in &cookies {
-        assert_eq!(api(&world.replica(), "/orders", cookie).await.status, 200);
+        assert_eq!(api(&replica, "/orders", cookie).await.status, 200);
     }
     assert_eq!(cluster.keys("gatehouse:s:*").len(), 5);
-    // Five sessions and their indexes on one node out of three: about one chance in 10^7.
+    // Five sessions and their indexes (about a dozen keys) on one node out of three: about
+    // one chance in 10^5.
     let holding = cluster
         .nodes
         .iter()
@@ -405,7 +379,9 @@ async fn sessions_in_a_three_node_cluster_live_on_every_node_and_end_everywhere(
         .count();
     assert!(holding >= 2, "every key on one node: redirection untested");
 
-    let reply = back_channel_logout(&world, "alice").await;
+    let reply = world
+        .backchannel_logout(&world.logout_claims(None, Some("alice")))
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     for (user, cookie) in &cookies {
         let expected = if *user == "alice" { 401 } else { 200 };
@@ -420,7 +396,7 @@ async fn sessions_in_a_three_node_cluster_live_on_every_node_and_end_everywhere(
     let (_, bob) = &cookies[4];
     assert_eq!(api(&world.gw, "/oauth2/sign_out", bob).await.status, 302);
     assert!(cluster.keys("gatehouse:s:*").is_empty());
-    assert_eq!(api(&world.replica(), "/orders", bob).await.status, 401);
+    assert_eq!(api(&replica, "/orders", bob).await.status, 401);
 }
 
 /// A second session secret (base64 of 32 bytes), for rotation.

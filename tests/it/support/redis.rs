@@ -16,7 +16,7 @@ pub struct RedisServer {
     persistent: bool,
     /// More `redis-server` arguments (TLS, ACL users, cluster mode).
     extra: Vec<String>,
-    pub dir: TempDir,
+    dir: TempDir,
     /// Files the server reads again on a restart (TLS certificates), kept while it lives.
     files: Option<TempDir>,
     child: Option<ChildGuard>,
@@ -90,32 +90,6 @@ impl RedisServer {
         let url = format!("rediss://127.0.0.1:{tls_port}");
         server.files = Some(dir);
         (server, url, ca_file)
-    }
-
-    /// A one-node Redis Cluster owning all 16384 slots, ready (`cluster_state:ok`).
-    pub fn start_cluster() -> Self {
-        let server = Self::start_with(&[
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-        ]);
-        let mut conn = server.connection();
-        let _: () = redis::cmd("CLUSTER")
-            .arg("ADDSLOTSRANGE")
-            .arg(0)
-            .arg(16383)
-            .query(&mut conn)
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn).unwrap();
-            if info.contains("cluster_state:ok") {
-                break server;
-            }
-            assert!(Instant::now() < deadline, "cluster not ready: {info}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 
     /// The names of the users connected now (`CLIENT LIST`), the harness's own included.

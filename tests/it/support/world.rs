@@ -65,6 +65,43 @@ impl World {
         reply.json()["access_token"].as_str().unwrap().to_owned()
     }
 
+    /// The claims of a logout token of this world's provider for `sid` and/or `sub` (fresh
+    /// `jti`, issued now).
+    pub fn logout_claims(&self, sid: Option<&str>, sub: Option<&str>) -> serde_json::Value {
+        let mut c = serde_json::json!({
+            "iss": self.provider.issuer(),
+            "aud": "gatehouse",
+            "iat": gatehouse::oidc::unix_now(),
+            "jti": format!("jti-{}", rand::random::<u64>()),
+            "events": { gatehouse::oidc::logout_token::BACKCHANNEL_LOGOUT_EVENT: {} },
+        });
+        if let Some(sid) = sid {
+            c["sid"] = serde_json::json!(sid);
+        }
+        if let Some(sub) = sub {
+            c["sub"] = serde_json::json!(sub);
+        }
+        c
+    }
+
+    /// POSTs `body` (form-encoded) to the gateway's back-channel logout endpoint.
+    pub async fn post_backchannel_logout(&self, body: &str) -> Reply {
+        send(
+            Request::post(self.gw.url("/oauth2/backchannel_logout"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Full::new(Bytes::from(body.to_owned())))
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// The provider's back-channel logout with a logout token of `claims`, signed by it.
+    pub async fn backchannel_logout(&self, claims: &serde_json::Value) -> Reply {
+        let token = self.provider.sign_for_tests(claims, "logout+jwt").unwrap();
+        self.post_backchannel_logout(&format!("logout_token={token}"))
+            .await
+    }
+
     /// The `Cookie` header `browser` sends to this world's gateway.
     pub fn cookie_header(&self, browser: &Browser) -> String {
         browser.cookie_header(&self.gw.addr.to_string())
