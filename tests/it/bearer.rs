@@ -22,7 +22,7 @@ use crate::support::issuer::{Alg, DEFAULT_AUDIENCE, Outage, TestIssuer, b64};
 use crate::support::oidc::{self, OidcProvider};
 use crate::support::upstream::Upstream;
 use crate::support::world::{World, location};
-use crate::support::{Gateway, Reply, send};
+use crate::support::{Gateway, Reply, get_with, send};
 
 // ---- the setup ---------------------------------------------------------------------------------
 
@@ -142,11 +142,7 @@ impl Api {
 }
 
 async fn call(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut req = Request::get(gw.url(path));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    send(req.body(Full::new(Bytes::new())).unwrap()).await
+    get_with(&gw.url(path), headers).await
 }
 
 /// The one `WWW-Authenticate` value (several are a failure unless asked for with `challenges`).

@@ -3,15 +3,11 @@
 //! Gatehouse itself forwards nothing. Also: the original URI is believed only from trusted
 //! proxies (rule 27).
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::Full;
-
 use crate::support::issuer::{DEFAULT_AUDIENCE, TestIssuer};
 use crate::support::nginx::Nginx;
 use crate::support::upstream::Upstream;
 use crate::support::world::{World, login};
-use crate::support::{Gateway, Reply, get, send};
+use crate::support::{Gateway, Reply, get, get_with};
 use gatehouse::demo::provider::SERVICE_CLIENT_ID;
 
 const BEARER: &str = "[bearer]\nenabled = true\naudiences = [\"gatehouse\"]\n\n\
@@ -53,14 +49,6 @@ fn nginx_for(world: &World) -> Nginx {
     }}
 "#
     ))
-}
-
-async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut req = Request::get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    send(req.body(Full::new(Bytes::new())).unwrap()).await
 }
 
 #[tokio::test]

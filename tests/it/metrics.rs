@@ -8,18 +8,16 @@ use http::Request;
 use http_body_util::Full;
 
 use crate::support::world::World;
-use crate::support::{Gateway, Reply, get, parse_address, send};
+use crate::support::{Gateway, Reply, get, get_with, parse_address, send};
 
 const CONFIG: &str = "[bearer]\nenabled = true\naudiences = [\"gatehouse\"]\n\n\
                       [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
                       [[routes]]\npath_prefix = \"/metrics\"\npolicy = \"public\"\n";
 
 async fn call(url: &str, authorization: Option<&str>) -> Reply {
-    let mut req = Request::get(url).header("accept", "application/json");
-    if let Some(value) = authorization {
-        req = req.header("authorization", value);
-    }
-    send(req.body(Full::new(Bytes::new())).unwrap()).await
+    let mut headers = vec![("accept", "application/json")];
+    headers.extend(authorization.map(|value| ("authorization", value)));
+    get_with(url, &headers).await
 }
 
 /// Where `gw` serves its metrics, as it logged at start.

@@ -11,16 +11,13 @@ use http_body_util::Full;
 
 use crate::support::redis::{RedisCluster, RedisServer, Sentinel};
 use crate::support::world::{self, World};
-use crate::support::{Gateway, Reply, send};
+use crate::support::{Gateway, Reply, get_with, send};
 
 /// An API call (no navigation) to `gw` carrying `cookie`.
 async fn api(gw: &Gateway, path: &str, cookie: &str) -> Reply {
-    send(
-        Request::get(gw.url(path))
-            .header("accept", "application/json")
-            .header("cookie", cookie)
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
+    get_with(
+        &gw.url(path),
+        &[("accept", "application/json"), ("cookie", cookie)],
     )
     .await
 }

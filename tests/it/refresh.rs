@@ -5,16 +5,12 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::Full;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::support::redis::RedisServer;
 use crate::support::world::{Browser, World, absolute, callback_reply, location, login};
-use crate::support::{Reply, send};
+use crate::support::{Reply, get_with};
 
 /// Sessions refresh when their token has at most 1 s left; tokens live 3 s. The app receives
 /// the session's access token so tests can see which one is current.
@@ -30,13 +26,7 @@ async fn signed_in() -> (World, Browser) {
 
 /// An API call (not a navigation) with exactly these cookies.
 async fn api(world: &World, cookie: &str) -> Reply {
-    send(
-        Request::get(world.gw.url("/api/data"))
-            .header("cookie", cookie)
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await
+    get_with(&world.gw.url("/api/data"), &[("cookie", cookie)]).await
 }
 
 fn token_seen(world: &World) -> String {

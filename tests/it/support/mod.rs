@@ -268,6 +268,15 @@ pub async fn get(url: &str) -> Reply {
     .await
 }
 
+/// A GET of `url` with `headers`.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = http::Request::get(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    send(req.body(Full::new(Bytes::new())).unwrap()).await
+}
+
 /// Writes raw bytes to `addr` and reads until the server closes or `deadline` passes; for
 /// requests no well-behaved client library would send.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8], deadline: Duration) -> String {
