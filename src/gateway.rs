@@ -130,6 +130,11 @@ impl Shared {
         }
     }
 
+    /// The provider's metadata and keys are loaded, or there is no provider.
+    pub fn ready(&self) -> bool {
+        self.provider.as_ref().is_none_or(|p| p.ready())
+    }
+
     /// The bearer checkers, when `[bearer]` is configured (tests and benchmarks look inside).
     pub fn bearer(&self) -> Option<&Arc<BearerAuth>> {
         self.bearer.as_ref()

@@ -14,6 +14,7 @@ use std::future::Future;
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -97,22 +98,10 @@ pub async fn run(
     );
     let config = crate::config::load_str(&text, None, &[])?;
     let server = Server::from_listener(config, gateway_listener)?;
+    let ready = server.ready_check();
 
-    write_banner(
-        &mut io::stdout().lock(),
-        gateway_addr,
-        provider.issuer(),
-        provider.service_client_secret(),
-    )
-    .map_err(DemoError::Banner)?;
-    tracing::info!(
-        gateway = %gateway_addr,
-        provider = %provider_addr,
-        echo = %echo_addr,
-        "demo running"
-    );
-
-    // One shutdown for three servers: a watch channel fans the caller's future out.
+    // One shutdown for three servers: a watch channel fans the caller's future out. A banner
+    // that cannot be written stops the demo too.
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -121,17 +110,66 @@ pub async fn run(
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    let trigger = async move {
-        shutdown.await;
+    let banner_stop = stopped();
+    let trigger = async {
+        tokio::select! {
+            () = shutdown => {}
+            () = banner_stop => {}
+        }
         let _ = stop_tx.send(true);
     };
-    tokio::join!(
+    // "Ready" in the banner means ready: a newcomer (or a script) acting on it at once must
+    // not meet the 503 the gateway answers until it has loaded the provider's keys.
+    let announce = async {
+        let stop = stopped();
+        tokio::select! {
+            () = wait_until(&ready, PROVIDER_LOAD_WAIT) => {}
+            // Stopped before it was ready: nothing to announce.
+            () = stop => return Ok(()),
+        }
+        if !ready() {
+            tracing::warn!(
+                "the development provider is not loaded yet; logins answer 503 until it is"
+            );
+        }
+        let written = write_banner(
+            &mut io::stdout().lock(),
+            gateway_addr,
+            provider.issuer(),
+            provider.service_client_secret(),
+        );
+        match written {
+            Ok(()) => tracing::info!(
+                gateway = %gateway_addr,
+                provider = %provider_addr,
+                echo = %echo_addr,
+                "demo running"
+            ),
+            Err(_) => {
+                let _ = stop_tx.send(true);
+            }
+        }
+        written
+    };
+    let (_, announced, (), (), ()) = tokio::join!(
         trigger,
+        announce,
         server.run(stopped()),
         provider::serve(provider.clone(), provider_listener, stopped()),
         echo::serve(echo_listener, stopped()),
     );
-    Ok(())
+    announced.map_err(DemoError::Banner)
+}
+
+/// How long the demo waits for its gateway to load the development provider before it prints
+/// the banner anyway (the provider is in the same process: this takes milliseconds).
+const PROVIDER_LOAD_WAIT: Duration = Duration::from_secs(10);
+
+async fn wait_until(check: &impl Fn() -> bool, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, DemoError> {

@@ -157,6 +157,14 @@ impl Server {
         self.local_addr
     }
 
+    /// Whether the gateway can do its job yet (what `/readyz` answers): the provider's metadata
+    /// and keys are loaded, or there is no provider. The returned check stays usable after
+    /// [`Server::run`] takes the server, so a caller can wait for readiness while it serves.
+    pub fn ready_check(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || shared.ready()
+    }
+
     /// Where `/metrics` is served, when `[metrics]` is configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics

@@ -182,6 +182,11 @@ async fn demo_serves_its_echo_page_through_the_gateway() {
     assert!(banner.to_lowercase().contains("development"), "{banner}");
     assert!(banner.contains("grant_type=client_credentials"), "{banner}");
 
+    // "Ready" in the banner means ready: the provider's keys are loaded, so the banner's curl
+    // lines work at once.
+    let ready = get(&format!("http://{addr}/readyz")).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+
     // The demo protects its echo app: a script without a session is told where to log in.
     let page = get(&format!("http://{addr}/hello?from=test")).await;
     assert_eq!(page.status, 401, "{}", page.text());
