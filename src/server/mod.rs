@@ -6,6 +6,7 @@
 
 mod balance;
 mod first_bytes;
+mod framing;
 mod timer;
 
 use std::convert::Infallible;
@@ -29,6 +30,7 @@ use tokio_rustls::TlsAcceptor;
 
 use self::balance::{Balancer, Handoff, Open};
 use self::first_bytes::FirstBytes;
+use self::framing::Framing;
 use self::timer::CoarseTimer;
 use crate::config::{Config, TlsConfig};
 use crate::context::ConnInfo;
@@ -261,6 +263,10 @@ impl Worker {
             graceful: GracefulShutdown::new(),
             tls,
             handshake_timeout: config.server.header_read_timeout,
+            framing: framing::Limits {
+                max_head_bytes: head_buffer(&config.server),
+                max_headers: config.server.max_headers,
+            },
             balancer: balancer.clone(),
             worker: n,
         };
@@ -314,6 +320,7 @@ struct Conns {
     graceful: GracefulShutdown,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
+    framing: framing::Limits,
     balancer: Arc<Balancer>,
     worker: usize,
 }
@@ -350,9 +357,14 @@ impl Conns {
         });
         let _ = stream.set_nodelay(true);
         let handshake_timeout = self.handshake_timeout;
+        let framing = self.framing;
         match &self.tls {
             None => {
-                let io = TokioIo::new(FirstBytes::new(stream, handshake_timeout));
+                let io = TokioIo::new(Framing::new(
+                    FirstBytes::new(stream, handshake_timeout),
+                    framing,
+                    peer,
+                ));
                 let conn = self
                     .builder
                     .serve_connection_with_upgrades(io, service)
@@ -382,7 +394,11 @@ impl Conns {
                             return;
                         }
                     };
-                    let io = TokioIo::new(FirstBytes::new(tls, handshake_timeout));
+                    let io = TokioIo::new(Framing::new(
+                        FirstBytes::new(tls, handshake_timeout),
+                        framing,
+                        peer,
+                    ));
                     let conn = builder
                         .serve_connection_with_upgrades(io, service)
                         .into_owned();
@@ -420,13 +436,17 @@ fn reuseport_listener(addr: SocketAddr) -> Result<std::net::TcpListener, ServeEr
     listener.into_std().map_err(bind_err)
 }
 
+/// hyper's read buffer bounds the request head; the exact byte count is checked again in the
+/// gateway so the limit is what the config says, not hyper's rounding.
+fn head_buffer(server: &crate::config::ServerConfig) -> usize {
+    server.max_header_bytes.max(8192) + 1024
+}
+
 /// One HTTP builder for every connection: the limits of rule 20 live here.
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let server = &config.server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper's read buffer bounds the request head; the exact byte count is checked again in the
-    // gateway so the limit is what the config says, not hyper's rounding.
-    let buf = server.max_header_bytes.max(8192) + 1024;
+    let buf = head_buffer(server);
     builder
         .http1()
         .timer(CoarseTimer)

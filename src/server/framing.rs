@@ -1,0 +1,675 @@
+//! Accept, continued: the framing of HTTP/1 requests checked on the raw bytes, before hyper
+//! parses them (rules 19 and 26).
+//!
+//! hyper resolves a request carrying both `Content-Length` and `Transfer-Encoding` itself
+//! (chunked wins, the length is dropped, the connection closes after the answer, as RFC 9112
+//! §6.1 allows) and drops a raw `#` and everything after it from the target. Neither leaves a
+//! trace the service could see, yet both are what request smuggling and policy bypasses are
+//! made of, and nginx refuses both. So this wrapper follows the message framing of what the
+//! client sends — heads parsed with `httparse` (hyper's own parser), bodies skipped by their
+//! length or chunk sizes exactly as hyper's decoder reads them — and when a head is ambiguous
+//! it puts a NUL into the head's last line. hyper's parser then refuses the head with 400 and
+//! closes the connection: the request reaches neither the service nor the app.
+//!
+//! It owns no decision but those two. When it meets bytes it cannot follow (an HTTP/2
+//! preface, an upgraded tunnel, a head hyper will refuse anyway) it stops looking at the
+//! connection and hyper's own rules apply, as they did without it.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Appended after a head damaged in its last byte, so hyper parses (and refuses) it.
+const END: &[u8] = b"\r\n\r\n";
+
+/// Headers parsed on the stack; a configuration allowing more parses into a vector.
+const STACK_HEADERS: usize = 128;
+
+/// The limits hyper applies, so the wrapper never holds more than hyper would.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes of a head kept while it arrives in pieces.
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+}
+
+/// A connection whose request framing is checked before hyper reads it.
+pub struct Framing<S> {
+    inner: S,
+    tracker: Tracker,
+}
+
+impl<S> Framing<S> {
+    pub fn new(inner: S, limits: Limits, peer: SocketAddr) -> Self {
+        Self {
+            inner,
+            tracker: Tracker::new(limits, peer),
+        }
+    }
+}
+
+/// Where in the client's byte stream the connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At (or inside) a request head.
+    Head,
+    /// Inside a body of known length: this many bytes to go.
+    Body(u64),
+    Chunked(Chunk),
+    /// A request asked to switch protocols: until its answer is written, what follows may not
+    /// be HTTP/1 at all.
+    AwaitingAnswer {
+        connect: bool,
+    },
+    /// Not following any more (see the module doc).
+    Off,
+}
+
+/// hyper's chunked decoder states (`proto/h1/decode.rs`), with the size carried along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Start,
+    Size(u64),
+    SizeLws(u64),
+    Extension(u64),
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    EndCr,
+    EndLf,
+    Trailer,
+    TrailerLf,
+}
+
+/// What a complete head means for the bytes after it.
+enum Verdict {
+    Next(State),
+    Refuse(&'static str),
+}
+
+struct Tracker {
+    state: State,
+    /// The part of a head that arrived in earlier reads.
+    partial: Vec<u8>,
+    limits: Limits,
+    peer: SocketAddr,
+}
+
+impl Tracker {
+    fn new(limits: Limits, peer: SocketAddr) -> Self {
+        Self {
+            state: State::Head,
+            partial: Vec::new(),
+            limits,
+            peer,
+        }
+    }
+
+    /// Follows `data`, the bytes one read just delivered, damaging a head that must be
+    /// refused.
+    fn inspect(&mut self, data: &mut [u8]) -> Option<Refused> {
+        let mut at = 0;
+        while at < data.len() {
+            at = match self.state {
+                State::Off => return None,
+                State::AwaitingAnswer { .. } => {
+                    // A client that speaks before the switch is answered: the bytes may belong
+                    // to either protocol, so leave them to hyper.
+                    self.state = State::Off;
+                    return None;
+                }
+                State::Head => match self.head(data, at) {
+                    Step::Next(next) => next,
+                    Step::Wait => return None,
+                    Step::Refused(refused) => return Some(refused),
+                },
+                State::Body(left) => {
+                    let here = (data.len() - at) as u64;
+                    if here < left {
+                        self.state = State::Body(left - here);
+                        return None;
+                    }
+                    self.state = State::Head;
+                    at + usize::try_from(left).unwrap_or(usize::MAX)
+                }
+                State::Chunked(chunk) => self.chunked(chunk, data, at),
+            };
+        }
+        None
+    }
+
+    /// A head starting at `data[at..]` (after `self.partial`).
+    fn head(&mut self, data: &mut [u8], at: usize) -> Step {
+        let Some(rest) = data.get(at..) else {
+            return Step::Wait;
+        };
+        let (end, head) = if self.partial.is_empty() {
+            match examine(rest, self.limits.max_headers) {
+                Examined::Complete(head) => (at + head.len, head),
+                Examined::Partial => {
+                    if rest.len() > self.limits.max_head_bytes {
+                        self.state = State::Off;
+                    } else {
+                        self.partial.extend_from_slice(rest);
+                    }
+                    return Step::Wait;
+                }
+                Examined::Invalid => {
+                    self.state = State::Off;
+                    return Step::Wait;
+                }
+            }
+        } else {
+            let before = self.partial.len();
+            let room = (self.limits.max_head_bytes + 1).saturating_sub(before);
+            self.partial
+                .extend_from_slice(rest.get(..room.min(rest.len())).unwrap_or_default());
+            match examine(&self.partial, self.limits.max_headers) {
+                Examined::Complete(head) if head.len > before => {
+                    self.partial.clear();
+                    (at + head.len - before, head)
+                }
+                Examined::Partial if self.partial.len() <= self.limits.max_head_bytes => {
+                    return Step::Wait;
+                }
+                _ => {
+                    self.partial.clear();
+                    self.state = State::Off;
+                    return Step::Wait;
+                }
+            }
+        };
+        match head.verdict {
+            Verdict::Next(state) => {
+                self.state = state;
+                Step::Next(end)
+            }
+            Verdict::Refuse(reason) => {
+                tracing::info!(peer = %self.peer, reason, "request refused with 400 before it was parsed");
+                // hyper answers 400 and closes; nothing after this head is a request.
+                self.state = State::Off;
+                Step::Refused(damage(data, at, end, head.terminator))
+            }
+        }
+    }
+
+    /// Steps through a chunked body as hyper's decoder does; chunk data is skipped whole.
+    fn chunked(&mut self, chunk: Chunk, data: &[u8], at: usize) -> usize {
+        if let Chunk::Data(left) = chunk {
+            let here = (data.len() - at) as u64;
+            if here < left {
+                self.state = State::Chunked(Chunk::Data(left - here));
+                return data.len();
+            }
+            self.state = State::Chunked(Chunk::DataCr);
+            return at + usize::try_from(left).unwrap_or(usize::MAX);
+        }
+        let Some(&byte) = data.get(at) else {
+            return data.len();
+        };
+        self.state = match next_chunk_state(chunk, byte) {
+            Some(Chunk::Start) if chunk == Chunk::EndLf => State::Head,
+            Some(next) => State::Chunked(next),
+            // hyper fails the body on the same byte and the connection ends.
+            None => State::Off,
+        };
+        at + 1
+    }
+}
+
+/// What following one head gave.
+enum Step {
+    /// Bytes after the head start here.
+    Next(usize),
+    /// This read holds nothing more to follow.
+    Wait,
+    Refused(Refused),
+}
+
+/// How a refused head was made to fail in hyper's parser.
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    /// A NUL is in its last line, before the blank line that ends it.
+    Damaged,
+    /// Only the head's last byte was in this read: it is now a NUL, so the head no longer
+    /// ends. hyper, which after a partial read parses only once it sees a head's end, must be
+    /// given one, or it waits for more (see [`Framing::poll_read`]).
+    Unterminated,
+}
+
+/// Puts a NUL into the head ending at `data[..end]` (begun at `data[at]` or in an earlier
+/// read). The byte before the blank line is preferred: the head still visibly ends, and that
+/// byte (the last of a header value or of the version) is never allowed to be NUL.
+fn damage(data: &mut [u8], at: usize, end: usize, terminator: usize) -> Refused {
+    let before_blank = end.checked_sub(terminator + 1).filter(|&i| i >= at);
+    if let Some(byte) = before_blank.and_then(|i| data.get_mut(i)) {
+        *byte = 0;
+        return Refused::Damaged;
+    }
+    if let Some(last) = end.checked_sub(1).and_then(|i| data.get_mut(i)) {
+        *last = 0;
+    }
+    Refused::Unterminated
+}
+
+/// hyper's chunked decoder, one byte at a time. `None` where hyper fails the body. After the
+/// last chunk's final LF this returns `Start`, which the caller reads as "next head".
+fn next_chunk_state(chunk: Chunk, byte: u8) -> Option<Chunk> {
+    let hex = |size: u64| {
+        let digit = char::from(byte).to_digit(16)?;
+        size.checked_mul(16)?.checked_add(u64::from(digit))
+    };
+    Some(match (chunk, byte) {
+        (Chunk::Start, _) => Chunk::Size(hex(0)?),
+        (Chunk::Size(size), b'\t' | b' ') | (Chunk::SizeLws(size), b'\t' | b' ') => {
+            Chunk::SizeLws(size)
+        }
+        (Chunk::Size(size) | Chunk::SizeLws(size) | Chunk::Extension(size), b';') => {
+            Chunk::Extension(size)
+        }
+        (Chunk::Size(size) | Chunk::SizeLws(size) | Chunk::Extension(size), b'\r') => {
+            Chunk::SizeLf(size)
+        }
+        (Chunk::Size(size), _) => Chunk::Size(hex(size)?),
+        (Chunk::SizeLws(_), _) | (Chunk::Extension(_), b'\n') => return None,
+        (Chunk::Extension(size), _) => Chunk::Extension(size),
+        (Chunk::SizeLf(0), b'\n') => Chunk::EndCr,
+        (Chunk::SizeLf(size), b'\n') => Chunk::Data(size),
+        (Chunk::DataCr, b'\r') => Chunk::DataLf,
+        (Chunk::DataLf, b'\n') => Chunk::Start,
+        (Chunk::EndCr, b'\r') => Chunk::EndLf,
+        (Chunk::EndCr | Chunk::Trailer, _) if byte != b'\r' => Chunk::Trailer,
+        (Chunk::Trailer, b'\r') => Chunk::TrailerLf,
+        (Chunk::TrailerLf, b'\n') => Chunk::EndCr,
+        (Chunk::EndLf, b'\n') => Chunk::Start,
+        _ => return None,
+    })
+}
+
+enum Examined {
+    Complete(Head),
+    Partial,
+    /// hyper refuses this head on its own (or it is not HTTP/1 at all).
+    Invalid,
+}
+
+struct Head {
+    /// Bytes from the request line through the blank line.
+    len: usize,
+    /// Bytes of the line end and blank line that end it (`\r\n\r\n`, or bare `\n`s).
+    terminator: usize,
+    verdict: Verdict,
+}
+
+/// Parses one head with hyper's parser and decides what follows it.
+fn examine(bytes: &[u8], max_headers: usize) -> Examined {
+    let mut on_stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+    let mut on_heap = Vec::new();
+    let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if max_headers <= STACK_HEADERS {
+        &mut on_stack[..max_headers]
+    } else {
+        on_heap.resize(max_headers, MaybeUninit::uninit());
+        &mut on_heap
+    };
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(bytes, slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Examined::Partial,
+        Err(_) => return Examined::Invalid,
+    };
+    let head = bytes.get(..len).unwrap_or_default();
+    let terminator = [b"\r\n\r\n".as_slice(), b"\n\r\n", b"\r\n\n", b"\n\n"]
+        .iter()
+        .find(|end| head.ends_with(end))
+        .map_or(0, |end| end.len());
+    Examined::Complete(Head {
+        len,
+        terminator,
+        verdict: verdict(&req),
+    })
+}
+
+fn verdict(req: &httparse::Request<'_, '_>) -> Verdict {
+    // Rule 26: what follows a `#` is not sent by browsers; hyper would drop it silently, and
+    // the app behind might not.
+    if req.path.is_some_and(|p| p.contains('#')) {
+        return Verdict::Refuse("a raw '#' in the request target");
+    }
+    let mut length = None;
+    let mut chunked = false;
+    let mut upgrade = false;
+    for header in req.headers.iter() {
+        if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = true;
+        } else if header.name.eq_ignore_ascii_case("content-length") {
+            let Some(n) = std::str::from_utf8(header.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+            else {
+                // hyper refuses it with 400 itself.
+                return Verdict::Next(State::Off);
+            };
+            length = Some(n);
+        } else if header.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+    }
+    // Rule 19: two framings for one body is how one request hides another.
+    if chunked && length.is_some() {
+        return Verdict::Refuse("both Content-Length and Transfer-Encoding");
+    }
+    let connect = req.method == Some("CONNECT");
+    if connect || (upgrade && req.version == Some(1)) {
+        return Verdict::Next(State::AwaitingAnswer { connect });
+    }
+    Verdict::Next(match length {
+        _ if chunked => State::Chunked(Chunk::Start),
+        Some(n) if n > 0 => State::Body(n),
+        _ => State::Head,
+    })
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Framing<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = poll
+            && this.tracker.state != State::Off
+            && let Some(new) = buf.filled_mut().get_mut(before..)
+            && this.tracker.inspect(new) == Some(Refused::Unterminated)
+        {
+            if buf.remaining() < END.len() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "request refused before it was parsed",
+                )));
+            }
+            buf.put_slice(END);
+        }
+        poll
+    }
+}
+
+impl Tracker {
+    /// The first bytes of what the gateway writes next: the answer to a protocol switch says
+    /// whether HTTP/1 goes on.
+    fn answer(&mut self, head: &[u8]) {
+        let State::AwaitingAnswer { connect } = self.state else {
+            return;
+        };
+        self.state = match head.get(9..12) {
+            Some(b"101") => State::Off,
+            // `100 Continue`: the real answer is still to come.
+            Some([b'1', ..]) => return,
+            Some([b'2', ..]) if connect => State::Off,
+            Some(_) => State::Head,
+            None => State::Off,
+        };
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Framing<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.tracker.answer(buf);
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let State::AwaitingAnswer { .. } = this.tracker.state
+            && let Some(first) = bufs.iter().find(|b| !b.is_empty())
+        {
+            this.tracker.answer(first);
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_head_bytes: 8192,
+        max_headers: 100,
+    };
+
+    fn tracker() -> Tracker {
+        Tracker::new(LIMITS, SocketAddr::from(([127, 0, 0, 1], 1)))
+    }
+
+    /// Feeds `stream` in reads of `size` bytes; returns what hyper would read (with the end
+    /// `poll_read` appends to a head damaged in its last byte).
+    fn follow(t: &mut Tracker, stream: &[u8], size: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for piece in stream.chunks(size) {
+            let mut piece = piece.to_vec();
+            if t.inspect(&mut piece) == Some(Refused::Unterminated) {
+                piece.extend_from_slice(END);
+            }
+            out.extend(piece);
+        }
+        out
+    }
+
+    /// Asserts that the head of `stream` starting at `start` reaches hyper damaged, and that
+    /// hyper would both see its end and fail to parse it; nothing before it is touched.
+    fn assert_refused(stream: &[u8], start: usize, size: usize) {
+        let out = follow(&mut tracker(), stream, size);
+        let changed = out
+            .iter()
+            .zip(stream)
+            .position(|(seen, sent)| seen != sent)
+            .unwrap_or(stream.len());
+        let end = start + head_len(&stream[start..]);
+        assert!(
+            (start..end).contains(&changed),
+            "read size {size}: changed at {changed}, head at {start}..{end}"
+        );
+        let head = &out[start..];
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        assert!(
+            httparse::Request::new(&mut headers).parse(head).is_err(),
+            "read size {size}"
+        );
+        assert!(
+            head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n"),
+            "read size {size}: hyper would wait for the head's end"
+        );
+    }
+
+    fn assert_untouched(stream: &[u8], size: usize) -> Tracker {
+        let mut t = tracker();
+        assert_eq!(follow(&mut t, stream, size), stream, "read size {size}");
+        t
+    }
+
+    fn head_len(stream: &[u8]) -> usize {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        match httparse::Request::new(&mut headers).parse(stream) {
+            Ok(httparse::Status::Complete(len)) => len,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const SMUGGLE_CL_TE: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    const SMUGGLE_TE_CL: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n0\r\n\r\n";
+    const SIZES: [usize; 7] = [1, 2, 3, 7, 20, 24, usize::MAX];
+
+    #[test]
+    fn both_framings_are_refused_in_either_order_and_however_the_bytes_arrive() {
+        for stream in [SMUGGLE_CL_TE, SMUGGLE_TE_CL] {
+            for size in SIZES {
+                assert_refused(stream, 0, size);
+            }
+        }
+    }
+
+    #[test]
+    fn a_raw_hash_in_the_target_is_refused() {
+        for stream in [
+            b"GET /public#/../admin HTTP/1.1\r\nHost: x\r\n\r\n".as_slice(),
+            b"GET /p?a=b#c HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /#x HTTP/1.1\r\n\r\n",
+            b"GET /#x HTTP/1.1\nHost: x\n\n",
+        ] {
+            for size in SIZES {
+                assert_refused(stream, 0, size);
+            }
+        }
+    }
+
+    /// A head whose last byte comes alone: that byte becomes a NUL and an end follows it,
+    /// or, with no room for one in hyper's buffer, the read fails and the connection ends.
+    #[tokio::test]
+    async fn a_head_refused_in_its_last_byte_is_given_an_end_or_fails_the_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        for room in [16, 1] {
+            let (a, mut b) = tokio::io::duplex(256);
+            let mut conn = Framing::new(a, LIMITS, SocketAddr::from(([127, 0, 0, 1], 1)));
+            let stream = b"GET /#x HTTP/1.1\r\n\r\n";
+            let (head, last) = stream.split_at(stream.len() - 1);
+            b.write_all(head).await.unwrap();
+            let mut buf = [0u8; 64];
+            assert_eq!(conn.read(&mut buf).await.unwrap(), head.len());
+            b.write_all(last).await.unwrap();
+            let read = conn.read(&mut buf[..room]).await;
+            if room == 1 {
+                assert_eq!(read.unwrap_err().kind(), io::ErrorKind::InvalidData);
+            } else {
+                assert_eq!(&buf[..read.unwrap()], b"\0\r\n\r\n");
+            }
+        }
+    }
+
+    #[test]
+    fn ordinary_requests_pass_untouched_pipelined_and_with_bodies() {
+        let stream = [
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".as_slice(),
+            b"POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world",
+            b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"5;ext=1\r\nhello\r\n6 \r\n world\r\n0\r\nExpires: never\r\n\r\n",
+            b"\r\nGET /last?q=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        ]
+        .concat();
+        for size in SIZES {
+            assert_eq!(assert_untouched(&stream, size).state, State::Head);
+        }
+    }
+
+    #[test]
+    fn a_head_hidden_in_a_body_is_body_and_the_request_after_it_is_checked() {
+        let body = SMUGGLE_CL_TE;
+        let sized = [
+            format!("POST /a HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+            body,
+        ]
+        .concat();
+        let chunked = [
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice(),
+            format!("{:x}\r\n", body.len()).as_bytes(),
+            body,
+            b"\r\n0\r\n\r\n",
+        ]
+        .concat();
+        for carrier in [sized, chunked] {
+            for size in SIZES {
+                assert_untouched(&carrier, size);
+                let then = [carrier.as_slice(), SMUGGLE_TE_CL].concat();
+                assert_refused(&then, carrier.len(), size);
+            }
+        }
+    }
+
+    #[test]
+    fn after_a_switch_to_another_protocol_nothing_is_touched() {
+        let mut t = assert_untouched(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            usize::MAX,
+        );
+        t.answer(b"HTTP/1.1 101 Switching Protocols\r\n");
+        assert_eq!(follow(&mut t, SMUGGLE_CL_TE, 8), SMUGGLE_CL_TE);
+        assert_eq!(t.state, State::Off);
+    }
+
+    #[test]
+    fn a_refused_switch_goes_on_checking_http() {
+        let mut t = assert_untouched(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+            usize::MAX,
+        );
+        t.answer(b"HTTP/1.1 100 Continue\r\n\r\n");
+        t.answer(b"HTTP/1.1 401 Unauthorized\r\n");
+        assert_ne!(follow(&mut t, SMUGGLE_CL_TE, 8), SMUGGLE_CL_TE);
+    }
+
+    #[test]
+    fn http2_and_garbage_are_left_to_hyper() {
+        for stream in [
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice(),
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        ] {
+            assert_eq!(assert_untouched(stream, 5).state, State::Off);
+        }
+    }
+
+    #[test]
+    fn a_head_longer_than_the_limit_stops_the_checks_without_growing() {
+        let long = [
+            b"GET / HTTP/1.1\r\nX-Long: ".as_slice(),
+            &vec![b'a'; 20_000],
+        ]
+        .concat();
+        let t = assert_untouched(&long, 1000);
+        assert_eq!(t.state, State::Off);
+        assert!(t.partial.len() <= LIMITS.max_head_bytes + 1);
+    }
+
+    #[test]
+    fn chunk_states_follow_hypers_decoder() {
+        let bad: [&[u8]; 4] = [b"x\r\n", b"5 x\r\n", b"5;a\nb", b"1\r\nab"];
+        for body in bad {
+            let mut t = tracker();
+            t.state = State::Chunked(Chunk::Start);
+            follow(&mut t, body, 1);
+            assert_eq!(t.state, State::Off, "{:?}", String::from_utf8_lossy(body));
+        }
+        let mut t = tracker();
+        t.state = State::Chunked(Chunk::Start);
+        follow(&mut t, b"A\r\n0123456789\r\n0\r\n\r\n", 1);
+        assert_eq!(t.state, State::Head);
+    }
+}
