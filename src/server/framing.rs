@@ -5,11 +5,12 @@
 //! (chunked wins, the length is dropped, the connection closes after the answer, as RFC 9112
 //! §6.1 allows) and drops a raw `#` and everything after it from the target. Neither leaves a
 //! trace the service could see, yet both are what request smuggling and policy bypasses are
-//! made of, and nginx refuses both. So this wrapper follows the message framing of what the
-//! client sends — heads parsed with `httparse` (hyper's own parser), bodies skipped by their
-//! length or chunk sizes exactly as hyper's decoder reads them — and when a head is ambiguous
-//! it puts a NUL into the head's last line. hyper's parser then refuses the head with 400 and
-//! closes the connection: the request reaches neither the service nor the app.
+//! made of, and nginx refuses both. So the connection wrapper ([`super::inbound`]) has a
+//! [`Tracker`] follow the message framing of what the client sends — heads parsed with
+//! `httparse` (hyper's own parser), bodies skipped by their length or chunk sizes exactly as
+//! hyper's decoder reads them — and when a head is ambiguous it puts a NUL into the head's
+//! last line. hyper's parser then refuses the head with 400 and closes the connection: the
+//! request reaches neither the service nor the app.
 //!
 //! It owns no decision but those two. When it meets bytes it cannot follow (an HTTP/2
 //! preface, an upgraded tunnel, a head hyper will refuse anyway) it stops looking at the
@@ -18,10 +19,7 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::ReadBuf;
 
 /// Appended after a head damaged in its last byte, so hyper parses (and refuses) it.
 const END: &[u8] = b"\r\n\r\n";
@@ -35,21 +33,6 @@ pub struct Limits {
     /// Bytes of a head kept while it arrives in pieces.
     pub max_head_bytes: usize,
     pub max_headers: usize,
-}
-
-/// A connection whose request framing is checked before hyper reads it.
-pub struct Framing<S> {
-    inner: S,
-    tracker: Tracker,
-}
-
-impl<S> Framing<S> {
-    pub fn new(inner: S, limits: Limits, peer: SocketAddr) -> Self {
-        Self {
-            inner,
-            tracker: Tracker::new(limits, peer),
-        }
-    }
 }
 
 /// Where in the client's byte stream the connection is.
@@ -92,7 +75,8 @@ enum Verdict {
     Refuse(&'static str),
 }
 
-struct Tracker {
+/// One connection's place in the client's byte stream.
+pub struct Tracker {
     state: State,
     /// The part of a head that arrived in earlier reads.
     partial: Vec<u8>,
@@ -101,7 +85,7 @@ struct Tracker {
 }
 
 impl Tracker {
-    fn new(limits: Limits, peer: SocketAddr) -> Self {
+    pub fn new(limits: Limits, peer: SocketAddr) -> Self {
         Self {
             state: State::Head,
             partial: Vec::new(),
@@ -238,7 +222,7 @@ enum Refused {
     Damaged,
     /// Only the head's last byte was in this read: it is now a NUL, so the head no longer
     /// ends. hyper, which after a partial read parses only once it sees a head's end, must be
-    /// given one, or it waits for more (see [`Framing::poll_read`]).
+    /// given one, or it waits for more (see [`Tracker::after_read`]).
     Unterminated,
 }
 
@@ -375,35 +359,38 @@ fn verdict(req: &httparse::Request<'_, '_>) -> Verdict {
     })
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Framing<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = poll
-            && this.tracker.state != State::Off
-            && let Some(new) = buf.filled_mut().get_mut(before..)
-            && this.tracker.inspect(new) == Some(Refused::Unterminated)
-        {
+impl Tracker {
+    /// After a read that filled `buf` from `before` on: follows the new bytes, and makes a
+    /// head that must be refused fail in hyper's parser.
+    pub fn after_read(&mut self, buf: &mut ReadBuf<'_>, before: usize) -> io::Result<()> {
+        if self.state == State::Off {
+            return Ok(());
+        }
+        let Some(new) = buf.filled_mut().get_mut(before..) else {
+            return Ok(());
+        };
+        if self.inspect(new) == Some(Refused::Unterminated) {
             if buf.remaining() < END.len() {
-                return Poll::Ready(Err(io::Error::new(
+                return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "request refused before it was parsed",
-                )));
+                ));
             }
             buf.put_slice(END);
         }
-        poll
+        Ok(())
     }
-}
 
-impl Tracker {
-    /// The first bytes of what the gateway writes next: the answer to a protocol switch says
-    /// whether HTTP/1 goes on.
+    /// Before the gateway writes `bufs`: the answer to a protocol switch says whether HTTP/1
+    /// goes on.
+    pub fn before_write(&mut self, bufs: &[io::IoSlice<'_>]) {
+        if let State::AwaitingAnswer { .. } = self.state
+            && let Some(first) = bufs.iter().find(|b| !b.is_empty())
+        {
+            self.answer(first);
+        }
+    }
+
     fn answer(&mut self, head: &[u8]) {
         let State::AwaitingAnswer { connect } = self.state else {
             return;
@@ -416,44 +403,6 @@ impl Tracker {
             Some(_) => State::Head,
             None => State::Off,
         };
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Framing<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.tracker.answer(buf);
-        Pin::new(&mut this.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let State::AwaitingAnswer { .. } = this.tracker.state
-            && let Some(first) = bufs.iter().find(|b| !b.is_empty())
-        {
-            this.tracker.answer(first);
-        }
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -553,24 +502,27 @@ mod tests {
 
     /// A head whose last byte comes alone: that byte becomes a NUL and an end follows it,
     /// or, with no room for one in hyper's buffer, the read fails and the connection ends.
-    #[tokio::test]
-    async fn a_head_refused_in_its_last_byte_is_given_an_end_or_fails_the_read() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
+    #[test]
+    fn a_head_refused_in_its_last_byte_is_given_an_end_or_fails_the_read() {
+        let stream = b"GET /#x HTTP/1.1\r\n\r\n";
+        let (head, last) = stream.split_at(stream.len() - 1);
         for room in [16, 1] {
-            let (a, mut b) = tokio::io::duplex(256);
-            let mut conn = Framing::new(a, LIMITS, SocketAddr::from(([127, 0, 0, 1], 1)));
-            let stream = b"GET /#x HTTP/1.1\r\n\r\n";
-            let (head, last) = stream.split_at(stream.len() - 1);
-            b.write_all(head).await.unwrap();
-            let mut buf = [0u8; 64];
-            assert_eq!(conn.read(&mut buf).await.unwrap(), head.len());
-            b.write_all(last).await.unwrap();
-            let read = conn.read(&mut buf[..room]).await;
+            let mut t = tracker();
+            let mut first = head.to_vec();
+            let mut buf = ReadBuf::new(&mut first);
+            buf.set_filled(head.len());
+            t.after_read(&mut buf, 0).unwrap();
+            assert_eq!(buf.filled(), head);
+
+            let mut space = vec![0u8; room];
+            let mut buf = ReadBuf::new(&mut space);
+            buf.put_slice(last);
+            let read = t.after_read(&mut buf, 0);
             if room == 1 {
                 assert_eq!(read.unwrap_err().kind(), io::ErrorKind::InvalidData);
             } else {
-                assert_eq!(&buf[..read.unwrap()], b"\0\r\n\r\n");
+                read.unwrap();
+                assert_eq!(buf.filled(), b"\0\r\n\r\n");
             }
         }
     }
@@ -615,25 +567,26 @@ mod tests {
     }
 
     #[test]
-    fn after_a_switch_to_another_protocol_nothing_is_touched() {
-        let mut t = assert_untouched(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-            usize::MAX,
-        );
-        t.answer(b"HTTP/1.1 101 Switching Protocols\r\n");
-        assert_eq!(follow(&mut t, SMUGGLE_CL_TE, 8), SMUGGLE_CL_TE);
-        assert_eq!(t.state, State::Off);
-    }
-
-    #[test]
-    fn a_refused_switch_goes_on_checking_http() {
-        let mut t = assert_untouched(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
-            usize::MAX,
-        );
-        t.answer(b"HTTP/1.1 100 Continue\r\n\r\n");
-        t.answer(b"HTTP/1.1 401 Unauthorized\r\n");
-        assert_ne!(follow(&mut t, SMUGGLE_CL_TE, 8), SMUGGLE_CL_TE);
+    fn after_a_switch_nothing_is_touched_and_after_a_refused_one_checks_go_on() {
+        let upgrade =
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+        for (answers, switched) in [
+            (["HTTP/1.1 101 Switching Protocols\r\n"].as_slice(), true),
+            (
+                &[
+                    "HTTP/1.1 100 Continue\r\n\r\n",
+                    "HTTP/1.1 401 Unauthorized\r\n",
+                ],
+                false,
+            ),
+        ] {
+            let mut t = assert_untouched(upgrade, usize::MAX);
+            for answer in answers {
+                t.before_write(&[io::IoSlice::new(b""), io::IoSlice::new(answer.as_bytes())]);
+            }
+            let after = follow(&mut t, SMUGGLE_CL_TE, 8);
+            assert_eq!(after == SMUGGLE_CL_TE, switched, "{answers:?}");
+        }
     }
 
     #[test]

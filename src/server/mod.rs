@@ -5,8 +5,8 @@
 //! knows nothing about routing, authentication or upstreams.
 
 mod balance;
-mod first_bytes;
 mod framing;
+mod inbound;
 mod timer;
 
 use std::convert::Infallible;
@@ -29,8 +29,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 use self::balance::{Balancer, Handoff, Open};
-use self::first_bytes::FirstBytes;
-use self::framing::Framing;
+use self::framing::Tracker;
+use self::inbound::Inbound;
 use self::timer::CoarseTimer;
 use crate::config::{Config, TlsConfig};
 use crate::context::ConnInfo;
@@ -360,10 +360,10 @@ impl Conns {
         let framing = self.framing;
         match &self.tls {
             None => {
-                let io = TokioIo::new(Framing::new(
-                    FirstBytes::new(stream, handshake_timeout),
-                    framing,
-                    peer,
+                let io = TokioIo::new(Inbound::new(
+                    stream,
+                    handshake_timeout,
+                    Tracker::new(framing, peer),
                 ));
                 let conn = self
                     .builder
@@ -394,10 +394,10 @@ impl Conns {
                             return;
                         }
                     };
-                    let io = TokioIo::new(Framing::new(
-                        FirstBytes::new(tls, handshake_timeout),
-                        framing,
-                        peer,
+                    let io = TokioIo::new(Inbound::new(
+                        tls,
+                        handshake_timeout,
+                        Tracker::new(framing, peer),
                     ));
                     let conn = builder
                         .serve_connection_with_upgrades(io, service)
