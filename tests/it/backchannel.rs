@@ -166,7 +166,7 @@ async fn with_the_cookie_store_a_logout_reaches_only_the_replica_the_provider_ca
     // the browser, and only the replica that received the logout remembers it. The Redis store
     // ends the session itself, on every replica.
     let world = World::start("").await;
-    let replica = world.replica();
+    let replica = world.replica().await;
     let browser = signed_in(&world, "alice").await;
     let cookie = world.cookie_header(&browser);
     let api = |url: String| {

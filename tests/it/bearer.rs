@@ -896,9 +896,14 @@ async fn a_flood_of_random_kids_causes_no_jwks_fetch_storm() {
         statuses.iter().all(|s| *s == 401),
         "all 401, none 5xx: {statuses:?}"
     );
+    // At most one refetch per 10 s, however long a busy machine takes to answer them all.
     let extra = api.iss.jwks_fetches() - loaded;
-    assert_eq!(extra, 1, "{extra} JWKS fetches for 200 unknown kids");
-    assert!(started.elapsed() < Duration::from_secs(15));
+    let allowed = 1 + usize::try_from(started.elapsed().as_secs() / 10).unwrap();
+    assert!(
+        (1..=allowed).contains(&extra),
+        "{extra} JWKS fetches for 200 unknown kids in {:?}",
+        started.elapsed()
+    );
     assert_eq!(api.app.count(), 0);
 }
 
@@ -1076,7 +1081,8 @@ async fn an_active_opaque_token_is_introspected_and_an_inactive_one_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_opaque_token_stays_accepted_until_the_cache_ttl_then_is_refused() {
-    let api = Api::start(Setup::introspection("cache_ttl = \"1s\"")).await;
+    // Three seconds: the second call must land inside it even on a busy machine.
+    let api = Api::start(Setup::introspection("cache_ttl = \"3s\"")).await;
     let token = api.iss.opaque("svc", "orders:read");
     assert_eq!(api.get("/api/a", &token).await.status, 200);
     assert_eq!(api.iss.introspection_calls(), 1);
@@ -1084,7 +1090,7 @@ async fn a_revoked_opaque_token_stays_accepted_until_the_cache_ttl_then_is_refus
     // The documented trade-off: answers are remembered up to cache_ttl.
     assert_eq!(api.get("/api/b", &token).await.status, 200);
     assert_eq!(api.iss.introspection_calls(), 1, "served from the cache");
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(3300)).await;
     let reply = api.get("/api/c", &token).await;
     assert_invalid_token(&reply, "revoked", std::slice::from_ref(&token));
     assert_eq!(api.iss.introspection_calls(), 2);
@@ -1098,7 +1104,7 @@ async fn a_cached_introspection_answer_never_outlives_the_token_exp() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-        + 2;
+        + 5;
     let token = api.iss.opaque_with(json!({
         "active": true, "sub": "short-lived", "scope": "orders:read", "exp": exp,
     }));

@@ -294,6 +294,7 @@ async fn login_flows_through_the_gateway_in_a_real_browser() {
     let upstream = Upstream::start().await;
     let config = gateway_config(port, &provider.issuer, &upstream.url());
     let gateway = Gateway::start(&config);
+    gateway.wait_ready().await;
     assert_eq!(
         gateway.addr.port(),
         port,
@@ -453,13 +454,11 @@ async fn the_demo_logs_a_person_in_through_a_real_browser() {
     assert_browser_passed(ok, &lines, &scenarios);
 }
 
-/// The provider for the refresh tests: 5 s access tokens, a new refresh token at every refresh
-/// (the presented one is consumed; presenting it again would revoke the whole grant), and the
-/// test-only admin routes (`/test/revoke`, `/test/stats`).
-const ACCESS_TTL_SECS: u64 = 5;
-
-fn start_refresh_provider(public_url: &str) -> Provider {
-    let ttl = ACCESS_TTL_SECS.to_string();
+/// The provider for the refresh tests: access tokens of `ttl` seconds, a new refresh token at
+/// every refresh (the presented one is consumed; presenting it again would revoke the whole
+/// grant), and the test-only admin routes (`/test/revoke`, `/test/stats`).
+fn start_refresh_provider(public_url: &str, ttl: u64) -> Provider {
+    let ttl = ttl.to_string();
     start_provider_with(
         &format!("{public_url}/oauth2/callback"),
         &format!("{public_url}/"),
@@ -508,12 +507,14 @@ impl RefreshRun {
     }
 }
 
-/// Runs `scenario` (named `test` in the browser's output) with `env(issuer)` added to the
-/// gateway, provider and token-lifetime variables, and asserts the browser side passed. `None`
-/// when the browser prerequisites are missing (the test then skips, as the others do).
+/// Runs `scenario` (named `test` in the browser's output) with access tokens of `ttl` seconds
+/// and `env(issuer)` added to the gateway, provider and token-lifetime variables, and asserts
+/// the browser side passed. `None` when the browser prerequisites are missing (the test then
+/// skips, as the others do).
 async fn run_refresh_scenario(
     test: &'static str,
     scenario: &'static str,
+    ttl: u64,
     env: impl FnOnce(&str) -> Vec<(&'static str, String)>,
 ) -> Option<RefreshRun> {
     if !browser_prerequisites(test) {
@@ -522,17 +523,18 @@ async fn run_refresh_scenario(
     require_node_modules();
     let port = free_port();
     let public_url = format!("http://127.0.0.1:{port}");
-    let provider = start_refresh_provider(&public_url);
+    let provider = start_refresh_provider(&public_url, ttl);
     let upstream = Upstream::start().await;
     let gateway = Gateway::start(&refresh_gateway_config(
         port,
         &provider.issuer,
         &upstream.url(),
     ));
+    gateway.wait_ready().await;
     let mut all = vec![
         ("GATEWAY_URL", public_url),
         ("PROVIDER_URL", provider.issuer.clone()),
-        ("ACCESS_TTL", ACCESS_TTL_SECS.to_string()),
+        ("ACCESS_TTL", ttl.to_string()),
     ];
     all.extend(env(&provider.issuer));
     let scenarios = [scenario];
@@ -569,6 +571,7 @@ async fn a_browser_stays_signed_in_across_several_token_lifetimes() {
     let Some(run) = run_refresh_scenario(
         "a_browser_stays_signed_in_across_several_token_lifetimes",
         "stays-signed-in",
+        5,
         |_| {
             vec![
                 ("STAY_PATH", "/app/stay?tab=1".to_owned()),
@@ -596,8 +599,11 @@ async fn a_browser_stays_signed_in_across_several_token_lifetimes() {
         .iter()
         .filter(|s| s.target.starts_with("/app/xhr?"))
         .count();
+    // A turn is a 1 s pause plus the page's work: on two busy cores that work can take
+    // longer than the pause, so the floor is what 18 s hold even then, and every reload's
+    // burst of fetches must have reached the app.
     assert!(
-        loads.len() >= 15 && fetches >= 4 * 14,
+        loads.len() >= 8 && fetches >= 4 * (loads.len() - 1),
         "only {} app loads and {fetches} fetches\n{}",
         loads.len(),
         diagnostics()
@@ -678,6 +684,9 @@ async fn a_browser_whose_refresh_token_was_revoked_is_sent_to_sign_in_again() {
     let Some(run) = run_refresh_scenario(
         "a_browser_whose_refresh_token_was_revoked_is_sent_to_sign_in_again",
         "refresh-token-revoked",
+        // Long enough that no refresh falls due (2 s before expiry) before the revocation,
+        // however slowly a busy machine lands the browser after its login.
+        10,
         |issuer| {
             vec![
                 ("REVOKED_PATH", "/app/revoked?tab=1".to_owned()),

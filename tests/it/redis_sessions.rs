@@ -46,7 +46,7 @@ async fn logged_in_with(session: &str) -> (World, String) {
 async fn a_session_made_on_one_replica_is_served_by_the_other() {
     let redis = RedisServer::start();
     let (world, cookie) = logged_in(&redis).await;
-    let replica = world.replica();
+    let replica = world.replica().await;
     let reply = api(&replica, "/oauth2/userinfo", &cookie).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["user"], "alice");
@@ -61,7 +61,7 @@ async fn a_session_made_on_one_replica_is_served_by_the_other() {
 async fn sign_out_on_one_replica_refuses_the_old_cookie_on_the_other() {
     let redis = RedisServer::start();
     let (world, cookie) = logged_in(&redis).await;
-    let replica = world.replica();
+    let replica = world.replica().await;
     assert_eq!(api(&replica, "/orders", &cookie).await.status, 200);
     let out = api(&world.gw, "/oauth2/sign_out", &cookie).await;
     assert!(
@@ -171,20 +171,21 @@ async fn redis_down_is_503_then_the_same_session_works_when_it_returns() {
 #[tokio::test]
 async fn two_replicas_refresh_a_shared_session_once() {
     let redis = RedisServer::start();
-    let extra = format!("refresh_before = \"1s\"\n{}", redis_at(&redis.url(), ""));
-    let world = World::start_with_token_ttl(Duration::from_secs(3), &extra).await;
+    // Tokens live 8 s, due with 4 s left: seconds to spare for starting the replica.
+    let extra = format!("refresh_before = \"4s\"\n{}", redis_at(&redis.url(), ""));
+    let world = World::start_with_token_ttl(Duration::from_secs(8), &extra).await;
     let mut browser = world.browser();
     let (page, _) = world::login(&world, &mut browser, "/", "alice", &["staff"]).await;
     assert_eq!(page.status, 200, "{}", page.text());
     let cookie = world.cookie_header(&browser);
-    let replica = world.replica();
+    let replica = world.replica().await;
     let first = world
         .app
         .last()
         .header("x-forwarded-access-token")
         .unwrap()
         .to_owned();
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    tokio::time::sleep(Duration::from_millis(4300)).await;
     let mut calls = Vec::new();
     for i in 0..40 {
         let gw = if i % 2 == 0 { &world.gw } else { &replica };
@@ -219,7 +220,7 @@ async fn two_replicas_refresh_a_shared_session_once() {
 async fn back_channel_logout_on_one_replica_ends_the_session_on_both() {
     let redis = RedisServer::start();
     let (world, cookie) = logged_in(&redis).await;
-    let replica = world.replica();
+    let replica = world.replica().await;
     assert_eq!(api(&replica, "/orders", &cookie).await.status, 200);
     let reply = world
         .backchannel_logout(&world.logout_claims(None, Some("alice")))
@@ -241,7 +242,7 @@ async fn callback_status(world: &World) -> http::StatusCode {
 /// The replica and Redis agree: the session made through the first gateway is served by the
 /// second, and it is in Redis.
 async fn shared(world: &World, cookie: &str, redis: &RedisServer) {
-    let replica = world.replica();
+    let replica = world.replica().await;
     let reply = api(&replica, "/oauth2/userinfo", cookie).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(reply.text().contains("alice"), "{}", reply.text());
@@ -334,7 +335,7 @@ async fn sessions_in_a_redis_cluster_are_shared_and_end_on_sign_out() {
         302
     );
     assert!(node.keys("gatehouse:s:*").is_empty());
-    let reply = api(&world.replica(), "/oauth2/userinfo", &cookie).await;
+    let reply = api(&world.replica().await, "/oauth2/userinfo", &cookie).await;
     assert_eq!(
         reply.status,
         401,
@@ -362,7 +363,7 @@ async fn sessions_in_a_three_node_cluster_live_on_every_node_and_end_everywhere(
         assert_eq!(page.status, 200, "{}", page.text());
         cookies.push((user, world.cookie_header(&browser)));
     }
-    let replica = world.replica();
+    let replica = world.replica().await;
     for (_, cookie) in &cookies {
         assert_eq!(api(&replica, "/orders", cookie).await.status, 200);
     }
@@ -439,8 +440,8 @@ async fn a_rotated_secret_keeps_old_sessions_and_seals_new_ones_with_the_new_sec
 
     // The new secret alone opens the new session and not the old one; the old secret alone
     // the other way round.
-    let new_only = world.replica_with(with_secrets(&[NEW_SECRET]));
-    let old_only = world.replica_with(with_secrets(&[OLD]));
+    let new_only = world.replica_with(with_secrets(&[NEW_SECRET])).await;
+    let old_only = world.replica_with(with_secrets(&[OLD])).await;
     for (gw, cookie, status, user) in [
         (&new_only, &after, 200, Some("bob")),
         (&new_only, &before, 401, None),

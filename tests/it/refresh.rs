@@ -12,12 +12,17 @@ use crate::support::redis::RedisServer;
 use crate::support::world::{Browser, World, absolute, callback_reply, location, login};
 use crate::support::{Reply, get_with};
 
-/// Sessions refresh when their token has at most 1 s left; tokens live 3 s. The app receives
-/// the session's access token so tests can see which one is current.
-const EXTRA: &str = "refresh_before = \"1s\"\n\n[headers]\npass_access_token = true\n";
+/// Tokens live 8 s and sessions refresh when one has at most 4 s left, so a refresh falls due
+/// 4–5 s after a token arrives (whole seconds): the steps a test takes around its deliberate
+/// waits have seconds to spare on a busy machine, before a token is due or after a refresh.
+/// The app receives the session's access token so tests can see which one is current.
+const EXTRA: &str = "refresh_before = \"4s\"\n\n[headers]\npass_access_token = true\n";
+const TOKEN_TTL: Duration = Duration::from_secs(8);
+/// From a request with a fresh token to a moment its refresh is due, far from its expiry.
+const UNTIL_DUE: Duration = Duration::from_millis(4300);
 
 async fn signed_in() -> (World, Browser) {
-    let world = World::start_with_token_ttl(Duration::from_secs(3), EXTRA).await;
+    let world = World::start_with_token_ttl(TOKEN_TTL, EXTRA).await;
     let mut browser = world.browser();
     let (page, _) = login(&world, &mut browser, "/", "alice", &["staff"]).await;
     assert_eq!(page.status, 200, "{}", page.text());
@@ -44,7 +49,7 @@ async fn fifty_concurrent_requests_across_an_expiry_make_one_refresh() {
     let cookie = world.cookie_header(&browser);
     assert_eq!(api(&world, &cookie).await.status, 200);
     let first = token_seen(&world);
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    tokio::time::sleep(UNTIL_DUE).await;
     let replies = futures_util::future::join_all((0..50).map(|_| api(&world, &cookie))).await;
     assert!(
         replies.iter().all(|r| r.status == 200),
@@ -64,7 +69,7 @@ async fn fifty_concurrent_requests_across_an_expiry_make_one_refresh() {
 async fn a_request_with_the_old_cookie_after_rotation_gets_the_new_session() {
     let (world, mut browser) = signed_in().await;
     let old = world.cookie_header(&browser);
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    tokio::time::sleep(UNTIL_DUE).await;
     // The browser's request refreshes and stores the new cookie…
     assert_eq!(browser.get(&world.gw.url("/page")).await.status, 200);
     let renewed = token_seen(&world);
@@ -76,7 +81,7 @@ async fn a_request_with_the_old_cookie_after_rotation_gets_the_new_session() {
     assert_eq!(world.provider.refresh_grant_requests(), 1);
     // Several lifetimes later the browser is still signed in: the family was never revoked.
     for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(2300)).await;
+        tokio::time::sleep(UNTIL_DUE).await;
         assert_eq!(browser.get(&world.gw.url("/page")).await.status, 200);
     }
     assert_eq!(world.provider.refresh_grant_requests(), 3);
@@ -87,7 +92,7 @@ async fn a_refresh_token_revoked_at_the_provider_ends_the_session() {
     let (world, mut browser) = signed_in().await;
     let cookie = world.cookie_header(&browser);
     world.provider.end_sign_ins_of("alice");
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    tokio::time::sleep(UNTIL_DUE).await;
     // A script: 401, and the session cookie is cleared.
     let refused = api(&world, &cookie).await;
     assert_eq!(refused.status, 401, "{}", refused.text());
@@ -112,8 +117,8 @@ async fn a_provider_outage_during_refresh_uses_the_old_token_then_503_and_recove
     // which a busy machine can slow down.
     let exp = expiry_of(&token_seen(&world));
     world.provider.set_token_endpoint_down(true);
-    // Due (≤ 1 s left) but not expired: the refresh fails, the old token still serves.
-    sleep_until(exp as f64 - 0.6).await;
+    // Due (≤ 4 s left) but not expired: the refresh fails, the old token still serves.
+    sleep_until(exp as f64 - 2.0).await;
     let still = api(&world, &cookie).await;
     assert_eq!(still.status, 200, "{}", still.text());
     // Expired and the provider still down: fail closed.
@@ -156,7 +161,7 @@ async fn sleep_until(unix: f64) {
 async fn a_group_removed_at_the_provider_is_dropped_at_the_next_refresh() {
     let admin_only =
         format!("{EXTRA}\n[[routes]]\npath_prefix = \"/admin\"\ngroups = [\"admins\"]\n");
-    let world = World::start_with_token_ttl(Duration::from_secs(3), &admin_only).await;
+    let world = World::start_with_token_ttl(TOKEN_TTL, &admin_only).await;
     let mut browser = world.browser();
     let (page, _) = login(
         &world,
@@ -173,7 +178,7 @@ async fn a_group_removed_at_the_provider_is_dropped_at_the_next_refresh() {
     );
 
     world.provider.set_groups_of("alice", &["staff"]);
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    tokio::time::sleep(UNTIL_DUE).await;
     let page = browser.get(&world.gw.url("/page")).await;
     assert_eq!(page.status, 200, "{}", page.text());
     assert_eq!(world.provider.refresh_grant_requests(), 1);
@@ -193,7 +198,7 @@ async fn a_group_removed_at_the_provider_is_dropped_at_the_next_refresh() {
 #[tokio::test]
 async fn a_refreshed_id_token_that_fails_validation_ends_the_session() {
     use gatehouse::demo::provider::IdTokenFault;
-    let world = World::start_with_token_ttl(Duration::from_secs(3), EXTRA).await;
+    let world = World::start_with_token_ttl(TOKEN_TTL, EXTRA).await;
     let cases = [
         (
             Some(IdTokenFault::BadSignature),
@@ -218,7 +223,7 @@ async fn a_refreshed_id_token_that_fails_validation_ends_the_session() {
         assert_eq!(page.status, 200, "{}", page.text());
         cookies.push(world.cookie_header(&browser));
     }
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    tokio::time::sleep(UNTIL_DUE).await;
     for (n, ((fault, reason), cookie)) in cases.iter().zip(&cookies).enumerate() {
         world.provider.set_id_token_fault(*fault);
         let served = world.app.count();
@@ -258,10 +263,10 @@ async fn a_refreshed_id_token_that_fails_validation_ends_the_session() {
 /// decoded, or body) and nothing the app received carries a refresh token the provider issued.
 async fn refresh_tokens_stay_in_the_gateway(store: &str) {
     let extra = format!(
-        "refresh_before = \"1s\"\n{store}\n[headers]\npass_access_token = true\n\
+        "refresh_before = \"4s\"\n{store}\n[headers]\npass_access_token = true\n\
          pass_authorization_header = true\n"
     );
-    let world = World::start_with_token_ttl(Duration::from_secs(3), &extra).await;
+    let world = World::start_with_token_ttl(TOKEN_TTL, &extra).await;
     let mut browser = world.browser();
     let mut replies = Vec::new();
     let landed = callback_reply(&world, &mut browser).await;
@@ -269,7 +274,7 @@ async fn refresh_tokens_stay_in_the_gateway(store: &str) {
     replies.push(landed);
     replies.push(browser.get(&target).await);
     let mut jars = vec![browser.cookies(&world.gw.addr.to_string())];
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    tokio::time::sleep(UNTIL_DUE).await;
     replies.push(browser.get(&world.gw.url("/page")).await);
     replies.push(api(&world, &world.cookie_header(&browser)).await);
     replies.push(browser.get(&world.gw.url("/oauth2/userinfo")).await);

@@ -118,14 +118,17 @@ async fn across_several_token_lifetimes_one_renewal_each_and_no_failed_request()
         requests <= elapsed / 1.6 + 2.0,
         "{requests} token requests in {elapsed:.1} s"
     );
-    assert!(served > 100);
+    // Enough requests that a token request per request would break the bound above, however
+    // slowly a busy machine serves them.
+    assert!(served > 20, "only {served} requests in {elapsed:.1} s");
 }
 
 #[tokio::test]
 async fn provider_down_the_token_serves_until_it_expires_then_503() {
     let issuer = TestIssuer::start().await;
-    // 10 s tokens: renewed from 8 s, given up at 9 s (a tenth of the life, at most 30 s, early).
-    issuer.set_token_ttl(10);
+    // 20 s tokens: renewed from 16 s, given up at 18 s (a tenth of the life, at most 30 s,
+    // early). Long, so each step below has over a second to spare on a busy machine.
+    issuer.set_token_ttl(20);
     let c = chain(&issuer).await;
     let url = c.front.url("/orders");
     assert_eq!(call(&url).await.status, 200);
@@ -133,7 +136,7 @@ async fn provider_down_the_token_serves_until_it_expires_then_503() {
     let got = Instant::now();
     issuer.set_token_outage(Outage::Unavailable);
     // Past the renewal point but before the end: the failed renewal changes nothing.
-    tokio::time::sleep(Duration::from_millis(8300).saturating_sub(got.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(16_500).saturating_sub(got.elapsed())).await;
     let still = call(&url).await;
     assert_eq!(still.status, 200, "{}", still.text());
     // One background renewal, and it is not retried at once: exactly one more request.
@@ -144,7 +147,7 @@ async fn provider_down_the_token_serves_until_it_expires_then_503() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(issuer.token_requests(), 2, "one renewal attempt");
     // After the token's usable life: fail closed, with a hint when to retry.
-    tokio::time::sleep(Duration::from_millis(9600).saturating_sub(got.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(18_600).saturating_sub(got.elapsed())).await;
     let down = call(&url).await;
     assert_eq!(down.status, 503, "{}", down.text());
     assert!(down.headers.contains_key("retry-after"));

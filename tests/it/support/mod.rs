@@ -111,6 +111,19 @@ impl Gateway {
         self.output.lock().unwrap().join("\n")
     }
 
+    /// Waits (20 s at most) until `/readyz` answers 200: the provider's metadata and keys are
+    /// loaded in the background after the gateway listens, and until then logins get 503.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if get(&self.url("/readyz")).await.status == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateway never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits (5 s at most) until the output has a line containing `needle`: log lines travel
     /// through a pipe and may arrive after the response they describe.
     pub async fn wait_for_log(&self, needle: &str) -> String {

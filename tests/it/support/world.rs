@@ -172,30 +172,23 @@ impl World {
     }
 
     pub async fn wait_ready(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            let reply = crate::support::get(&self.gw.url("/readyz")).await;
-            if reply.status == 200 {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "gateway never became ready"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        self.gw.wait_ready().await;
     }
 
     /// Another gateway process with the same configuration (same secrets, provider and app)
     /// on its own port: a second replica behind a load balancer.
-    pub fn replica(&self) -> Gateway {
-        self.replica_with(str::to_owned)
+    pub async fn replica(&self) -> Gateway {
+        self.replica_with(str::to_owned).await
     }
 
-    /// A replica whose configuration is this world's after `edit` (another secret, say).
-    pub fn replica_with(&self, edit: impl FnOnce(&str) -> String) -> Gateway {
+    /// A replica whose configuration is this world's after `edit` (another secret, say),
+    /// once it is ready.
+    pub async fn replica_with(&self, edit: impl FnOnce(&str) -> String) -> Gateway {
         let listen = format!("listen = \"{}\"", self.gw.addr);
-        Gateway::start(&edit(&self.config).replace(&listen, "listen = \"127.0.0.1:0\""))
+        let replica =
+            Gateway::start(&edit(&self.config).replace(&listen, "listen = \"127.0.0.1:0\""));
+        replica.wait_ready().await;
+        replica
     }
 
     /// Stops the gateway and starts it again on the same address with its configuration after
