@@ -105,6 +105,7 @@ fn main() -> ExitCode {
         username: None,
         password: None,
         tls_ca_file: None,
+        timeout: Duration::from_secs(1),
     }));
     let result: Result<(), Box<dyn std::error::Error>> = runtime.block_on(async {
         let now = std::time::SystemTime::now()

@@ -268,6 +268,9 @@ pub struct RedisConfig {
     /// certificates, trusted instead of the system roots. The file as configured, and its
     /// PEM as read (and checked to hold certificates) at start: the form the redis crate reads.
     pub tls_ca_file: Option<(PathBuf, Vec<u8>)>,
+    /// `redis_timeout` (default 1 s): how long connecting, or one command, may take before
+    /// Redis counts as down and the request gets 503.
+    pub timeout: Duration,
 }
 
 /// Exactly one deployment shape.

@@ -241,6 +241,7 @@ pub struct RawSession {
     pub redis_sentinel_master: Option<String>,
     pub redis_cluster: Option<Vec<String>>,
     pub redis_tls_ca_file: Option<String>,
+    pub redis_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1475,6 +1475,7 @@ impl Ctx<'_> {
                 sentinel_master: raw.redis_sentinel_master,
                 cluster: raw.redis_cluster,
                 tls_ca_file: raw.redis_tls_ca_file,
+                timeout: raw.redis_timeout,
             },
         );
         let secrets = self.session_secrets(

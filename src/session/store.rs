@@ -43,8 +43,6 @@ const SESSION_PREFIX: &str = "gatehouse:s:";
 const LOCK_PREFIX: &str = "gatehouse:l:";
 const SUB_PREFIX: &str = "gatehouse:u:";
 const SID_PREFIX: &str = "gatehouse:p:";
-/// How long one connection attempt or one command may take before Redis counts as down.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 /// After a failed connection attempt, requests fail at once for this long instead of each
 /// trying again (a request storm during an outage costs no connection storm).
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
@@ -513,6 +511,8 @@ fn index_key(prefix: &str, value: &str) -> String {
 /// use and again after a failure.
 struct Redis {
     topology: Topology,
+    /// `redis_timeout`: one connection attempt or one command.
+    timeout: Duration,
     conn: Mutex<Option<Conn>>,
     connecting: tokio::sync::Mutex<()>,
     retry_at: Mutex<Option<Instant>>,
@@ -607,8 +607,8 @@ impl Redis {
             RedisTopology::Cluster(nodes) => {
                 let nodes = nodes.iter().map(info).collect::<Result<Vec<_>, _>>()?;
                 let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
-                    .connection_timeout(REDIS_TIMEOUT)
-                    .response_timeout(REDIS_TIMEOUT)
+                    .connection_timeout(config.timeout)
+                    .response_timeout(config.timeout)
                     .retries(1);
                 if let Some(user) = &config.username {
                     builder = builder.username(user);
@@ -624,6 +624,7 @@ impl Redis {
         };
         Ok(Self {
             topology,
+            timeout: config.timeout,
             conn: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             retry_at: Mutex::new(None),
@@ -648,9 +649,10 @@ impl Redis {
             return Err(SessionError::Unavailable);
         }
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT));
-        let made = tokio::time::timeout(REDIS_TIMEOUT * 2, async {
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        // A Sentinel lookup and then the master's connection: two steps of `timeout` each.
+        let made = tokio::time::timeout(self.timeout * 2, async {
             match &self.topology {
                 Topology::Standalone(client) => client
                     .get_multiplexed_async_connection_with_config(&config)

@@ -249,6 +249,24 @@ async fn shared(world: &World, cookie: &str, redis: &RedisServer) {
     assert_eq!(redis.keys("gatehouse:s:*").len(), 1, "one session in Redis");
 }
 
+/// A Redis that accepts connections and never answers (a hung server, a black-holing network):
+/// the gateway waits `redis_timeout`, no longer and not forever, then fails closed with 503.
+#[tokio::test]
+async fn a_redis_that_never_answers_is_503_after_redis_timeout() {
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", hung.local_addr().unwrap());
+    let world = World::start(&redis_at(&url, "redis_timeout = \"3s\"")).await;
+    let started = std::time::Instant::now();
+    assert_eq!(callback_status(&world).await, 503);
+    // The configured 3 s, not the 1 s default: the setting is what the gateway waits.
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(hung);
+}
+
 #[tokio::test]
 async fn rediss_with_a_private_ca_holds_the_sessions_and_without_the_ca_fails_closed() {
     let (redis, url, ca) = RedisServer::start_tls();

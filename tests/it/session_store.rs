@@ -37,6 +37,7 @@ fn redis_store(server: &RedisServer) -> StoreConfig {
         username: None,
         password: None,
         tls_ca_file: None,
+        timeout: Duration::from_secs(1),
     })
 }
 

@@ -3,12 +3,15 @@
 //! Passwords are taken out of URLs here, so nothing after this prints one.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use toml_edit::{Array, Table, value};
 use url::Url;
 
 use super::{Ctx, KeyPath};
 use crate::config::{RedisConfig, RedisTopology, Secret, StoreConfig};
+
+const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The `redis_*` keys of `[session]`, as written.
 #[derive(Debug, Default)]
@@ -21,6 +24,7 @@ pub(super) struct RawRedis {
     pub sentinel_master: Option<String>,
     pub cluster: Option<Vec<String>>,
     pub tls_ca_file: Option<String>,
+    pub timeout: Option<String>,
 }
 
 impl RawRedis {
@@ -35,6 +39,7 @@ impl RawRedis {
             ("redis_sentinel_master", self.sentinel_master.is_some()),
             ("redis_cluster", self.cluster.is_some()),
             ("redis_tls_ca_file", self.tls_ca_file.is_some()),
+            ("redis_timeout", self.timeout.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
@@ -242,12 +247,25 @@ impl Ctx<'_> {
             }
             None => None,
         };
+        let timeout = self.redis_timeout(&p.key("redis_timeout"), raw.timeout);
         Some(RedisConfig {
             topology,
             username,
             password,
             tls_ca_file,
+            timeout,
         })
+    }
+
+    /// Long enough for a TLS handshake to a remote Redis, short enough that an outage answers
+    /// 503 before clients give up.
+    fn redis_timeout(&mut self, path: &KeyPath, text: Option<String>) -> Duration {
+        let timeout = self.duration(path, text, DEFAULT_REDIS_TIMEOUT);
+        if (Duration::from_millis(100)..=Duration::from_secs(60)).contains(&timeout) {
+            return timeout;
+        }
+        self.problem(path, "must be between 100ms and 60s");
+        DEFAULT_REDIS_TIMEOUT
     }
 
     /// One `redis://` or `rediss://` URL: a host, an optional port, a database number in the
@@ -346,6 +364,7 @@ pub(super) fn render(t: &mut Table, store: &StoreConfig) {
     if let Some((file, _)) = &r.tls_ca_file {
         t["redis_tls_ca_file"] = value(file.display().to_string());
     }
+    t["redis_timeout"] = value(super::format_duration(r.timeout));
 }
 
 #[cfg(test)]
@@ -383,6 +402,26 @@ mod tests {
     fn cookie_is_the_default_store() {
         assert!(matches!(store(""), StoreConfig::Cookie));
         assert!(matches!(store("store = \"cookie\""), StoreConfig::Cookie));
+    }
+
+    #[test]
+    fn redis_timeout_defaults_to_a_second_and_is_bounded() {
+        let url = "store = \"redis\"\nredis_url = \"redis://redis.internal\"";
+        assert_eq!(redis(url).timeout, std::time::Duration::from_secs(1));
+        let five = redis(&format!("{url}\nredis_timeout = \"5s\""));
+        assert_eq!(five.timeout, std::time::Duration::from_secs(5));
+        for bad in ["10ms", "2m"] {
+            let problems = load(&format!("{url}\nredis_timeout = \"{bad}\"")).unwrap_err();
+            assert!(
+                problems[0].contains("session.redis_timeout: must be between 100ms and 60s"),
+                "{problems:?}"
+            );
+        }
+        let cookie = load("redis_timeout = \"5s\"").unwrap_err();
+        assert!(
+            cookie[0].contains("session.redis_timeout: only used with store = \"redis\""),
+            "{cookie:?}"
+        );
     }
 
     #[test]
