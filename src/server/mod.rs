@@ -1,7 +1,7 @@
 //! Accept: the first step of every request. Owns the listener (TCP, optionally TLS with rustls),
 //! speaks HTTP/1.1 and HTTP/2 (ALPN on TLS, prior knowledge on cleartext), enforces the
 //! connection-level limits (header size, header count, header read time), refuses ambiguous
-//! request framing before hyper parses it ([`framing`]), survives accept errors and drains
+//! request framing before hyper parses it (`framing.rs`), survives accept errors and drains
 //! in-flight requests on shutdown. It hands every request to [`Gateway::handle`] and knows
 //! nothing about routing, authentication or upstreams.
 
