@@ -299,8 +299,9 @@ impl SessionStore {
         Ok((session, self.cookies.clear(headers)))
     }
 
-    /// Back-channel logout: ends every session of the provider's `sub` and/or `sid`; answers
-    /// how many were ended. The cookie store keeps no sessions to end (answers 0).
+    /// Back-channel logout: ends the sessions of the provider session `sid`, or, when the token
+    /// has no `sid`, every session of the user `sub`; answers how many were ended. The cookie
+    /// store keeps no sessions to end (answers 0).
     pub async fn end_sessions(
         &self,
         sub: Option<&str>,
@@ -309,23 +310,22 @@ impl SessionStore {
         let Backend::Redis { redis, .. } = &self.backend else {
             return Ok(0);
         };
+        // §2.4: with a `sid` the token names one provider session (its `sub` only says whose);
+        // only without one does it mean every session of the user.
+        let index = match (sid, sub) {
+            (Some(sid), _) => index_key(SID_PREFIX, sid),
+            (None, Some(sub)) => index_key(SUB_PREFIX, sub),
+            (None, None) => return Ok(0),
+        };
         let mut ended = 0;
-        for index in [
-            sub.map(|s| index_key(SUB_PREFIX, s)),
-            sid.map(|s| index_key(SID_PREFIX, s)),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let members: Vec<String> = redis.query(redis::cmd("SMEMBERS").arg(&index)).await?;
-            for member in members {
-                let deleted: i64 = redis
-                    .query(redis::cmd("DEL").arg(format!("{SESSION_PREFIX}{member}")))
-                    .await?;
-                ended += usize::try_from(deleted).unwrap_or(0);
-            }
-            redis.query::<i64>(redis::cmd("DEL").arg(&index)).await?;
+        let members: Vec<String> = redis.query(redis::cmd("SMEMBERS").arg(&index)).await?;
+        for member in members {
+            let deleted: i64 = redis
+                .query(redis::cmd("DEL").arg(format!("{SESSION_PREFIX}{member}")))
+                .await?;
+            ended += usize::try_from(deleted).unwrap_or(0);
         }
+        redis.query::<i64>(redis::cmd("DEL").arg(&index)).await?;
         Ok(ended)
     }
 

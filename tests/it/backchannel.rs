@@ -48,6 +48,41 @@ async fn a_logout_token_for_a_provider_session_ends_that_session_only() {
     assert!(still_in(&world, &mut bob).await);
 }
 
+/// A logout token names one provider session with `sid` and, as most providers send it
+/// (oidc-provider always does), the user with `sub`: only that session ends (§2.4), not the
+/// user's other devices — with either store.
+async fn a_logout_token_with_sid_and_sub_ends_that_session_only(extra: &str) {
+    let world = World::start(extra).await;
+    let mut phone = signed_in(&world, "alice").await;
+    let before = world.provider.sids_of("alice");
+    let mut laptop = signed_in(&world, "alice").await;
+    let phone_sid = before.first().unwrap().clone();
+    let reply = world
+        .backchannel_logout(&world.logout_claims(Some(&phone_sid), Some("alice")))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(!still_in(&world, &mut phone).await);
+    assert!(
+        still_in(&world, &mut laptop).await,
+        "another device was signed out"
+    );
+}
+
+#[tokio::test]
+async fn a_logout_token_with_sid_and_sub_ends_that_session_only_with_the_cookie_store() {
+    a_logout_token_with_sid_and_sub_ends_that_session_only("").await;
+}
+
+#[tokio::test]
+async fn a_logout_token_with_sid_and_sub_ends_that_session_only_with_the_redis_store() {
+    let redis = crate::support::redis::RedisServer::start();
+    a_logout_token_with_sid_and_sub_ends_that_session_only(&format!(
+        "store = \"redis\"\nredis_url = \"{}\"\n",
+        redis.url()
+    ))
+    .await;
+}
+
 #[tokio::test]
 async fn a_logout_token_for_a_user_ends_all_of_their_sessions() {
     let world = World::start("").await;
