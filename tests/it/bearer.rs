@@ -575,6 +575,27 @@ async fn an_algorithm_outside_the_issuers_allow_list_is_refused_even_with_a_publ
     }
 }
 
+/// With `pass_authorization_header` the gateway sets `Authorization` and strips the client's
+/// (rule 17); a bearer caller's own token still reaches the app, set again from its identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_pass_authorization_header_a_callers_token_still_reaches_the_app() {
+    let iss = TestIssuer::start().await;
+    let app = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        "[headers]\npass_authorization_header = true\n\n\
+         [[bearer.issuers]]\nissuer = \"{}\"\njwks_uri = \"{}\"\naudiences = [\"{DEFAULT_AUDIENCE}\"]\n\n\
+         [[upstreams]]\nurl = \"{}\"\n",
+        iss.issuer(),
+        iss.jwks_uri(),
+        app.url()
+    ));
+    let token = iss.mint(DEFAULT_AUDIENCE).sign();
+    let bearer = format!("Bearer {token}");
+    let reply = call(&gw, "/api/items", &[("authorization", &bearer)]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(app.last().header("authorization"), Some(bearer.as_str()));
+}
+
 /// Two trusted issuers, each with its own audience: everything about a token is checked
 /// against the issuer its `iss` names — audience and key alike — never against the union.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -258,9 +258,23 @@ async fn a_provider_that_cannot_be_reached_fails_closed_with_503() {
 async fn identity_header_names_and_token_passing_follow_the_configuration() {
     let world = World::start(
         "[headers]\nuser = \"Remote-User\"\ngroups = \"Remote-Groups\"\n\
-         pass_access_token = true\npass_authorization_header = true\n",
+         pass_access_token = true\npass_authorization_header = true\n\n\
+         [[routes]]\npath_prefix = \"/public\"\npolicy = \"public\"\n",
     )
     .await;
+    // The gateway sets Authorization, so a client's own never reaches the app, not even on
+    // a public route where there is no login to set it from (rule 17).
+    send(
+        Request::get(world.gw.url("/public/x"))
+            .header("authorization", "Bearer forged-by-the-client")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        !world.app.last().headers.contains_key("authorization"),
+        "a client's Authorization reached the app"
+    );
     let mut browser = world.browser();
     login(&world, &mut browser, "/", "alice", &["staff"]).await;
     let cookie = world.cookie_header(&browser);
