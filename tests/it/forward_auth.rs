@@ -36,6 +36,8 @@ fn nginx_for(world: &World) -> Nginx {
         auth_request_set $groups $upstream_http_x_auth_request_groups;
         auth_request_set $client $upstream_http_x_auth_request_client_id;
         auth_request_set $challenge $upstream_http_www_authenticate;
+        auth_request_set $session_cookie $upstream_http_set_cookie;
+        add_header Set-Cookie $session_cookie;
         proxy_set_header X-Forwarded-User $user;
         proxy_set_header X-Forwarded-Email $email;
         proxy_set_header X-Forwarded-Groups $groups;
@@ -128,6 +130,37 @@ async fn nginx_auth_request_lets_a_session_cookie_through_with_its_identity() {
 
     let anonymous = get(&nginx.url("/reports")).await;
     assert_eq!(anonymous.status, 401);
+}
+
+/// The session a forward-auth check touched (idle timeout slid) comes back to the browser
+/// through nginx's `add_header Set-Cookie`, as the README's snippet has it: without it an
+/// active person is signed out when the idle timeout, counted from the login, runs out.
+#[tokio::test]
+async fn a_session_touched_by_a_forward_auth_check_reaches_the_browser_through_nginx() {
+    // A 10 s idle timeout: the session is touched once a second (a tenth of it) of use.
+    let world = World::start_with_server(
+        "trusted_proxies = [\"127.0.0.1/32\"]",
+        &format!("idle_timeout = \"10s\"\n{BEARER}"),
+    )
+    .await;
+    let nginx = nginx_for(&world);
+    let mut browser = world.browser();
+    let (page, _) = login(&world, &mut browser, "/", "alice", &["staff"]).await;
+    assert_eq!(page.status, 200);
+    let cookie = world.cookie_header(&browser);
+    let name = cookie.split('=').next().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let touched = get_with(&nginx.url("/reports"), &[("cookie", &cookie)]).await;
+    assert_eq!(touched.status, 200, "{}", nginx.error_log());
+    let renewed: Vec<&str> = touched
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter(|c| c.starts_with(&format!("{name}=")))
+        .collect();
+    assert_eq!(renewed.len(), 1, "{:?}", touched.headers);
+    assert!(!renewed[0].contains("Max-Age=0"), "{}", renewed[0]);
 }
 
 #[tokio::test]
