@@ -229,11 +229,21 @@ impl Login {
                 return Ok(Refreshed::Renewed(Box::new(current)));
             }
             let refreshed = self.refresher.refresh(&current).await;
-            if let Refreshed::Renewed(renewed) = &refreshed {
-                let mut stored = (**renewed).clone();
-                stored.last_seen = now;
-                self.store.save(&stored, &HeaderMap::new()).await?;
-                return Ok(Refreshed::Renewed(Box::new(stored)));
+            match &refreshed {
+                Refreshed::Renewed(renewed) => {
+                    let mut stored = (**renewed).clone();
+                    stored.last_seen = now;
+                    self.store.save(&stored, &HeaderMap::new()).await?;
+                    return Ok(Refreshed::Renewed(Box::new(stored)));
+                }
+                // The provider refused the refresh token: end the session for every replica
+                // and every copy of the cookie, which would otherwise present it again.
+                Refreshed::Ended => {
+                    if let Err(err) = self.store.remove(&current).await {
+                        tracing::warn!(error = %err, "an ended session could not be deleted");
+                    }
+                }
+                _ => {}
             }
             Ok(refreshed)
         }

@@ -279,24 +279,26 @@ impl SessionStore {
                         .query::<i64>(redis::cmd("DEL").arg(session_key(&id)))
                         .await?;
                     if let Some(s) = &session {
-                        let member = hex_sha256(&s.id);
-                        for index in [
-                            Some(index_key(SUB_PREFIX, &s.sub)),
-                            s.sid.as_deref().map(|sid| index_key(SID_PREFIX, sid)),
-                        ]
-                        .into_iter()
-                        .flatten()
-                        {
-                            redis
-                                .query::<i64>(redis::cmd("SREM").arg(index).arg(&member))
-                                .await?;
-                        }
+                        unindex(redis, s).await?;
                     }
                     session
                 }
             },
         };
         Ok((session, self.cookies.clear(headers)))
+    }
+
+    /// Ends a stored session that can no longer be used (its refresh token was refused): with
+    /// Redis it is deleted, so no replica and no copy of the cookie presents that refresh token
+    /// again. The cookie store holds nothing to delete.
+    pub async fn remove(&self, session: &Session) -> Result<(), SessionError> {
+        let Backend::Redis { redis, .. } = &self.backend else {
+            return Ok(());
+        };
+        redis
+            .query::<i64>(redis::cmd("DEL").arg(session_key(&session.id)))
+            .await?;
+        unindex(redis, session).await
     }
 
     /// Back-channel logout: ends the sessions of the provider session `sid`, or, when the token
@@ -499,6 +501,23 @@ fn hex_sha256(value: &str) -> String {
 
 /// The Redis key of session `id`: a hash, so the key names no live id (a key list is no
 /// cookie list).
+/// Takes a session out of the `sub` and `sid` indexes back-channel logout reads.
+async fn unindex(redis: &Redis, session: &Session) -> Result<(), SessionError> {
+    let member = hex_sha256(&session.id);
+    for index in [
+        Some(index_key(SUB_PREFIX, &session.sub)),
+        session.sid.as_deref().map(|sid| index_key(SID_PREFIX, sid)),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        redis
+            .query::<i64>(redis::cmd("SREM").arg(index).arg(&member))
+            .await?;
+    }
+    Ok(())
+}
+
 fn session_key(id: &str) -> String {
     format!("{SESSION_PREFIX}{}", hex_sha256(id))
 }

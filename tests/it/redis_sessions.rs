@@ -214,6 +214,37 @@ async fn two_replicas_refresh_a_shared_session_once() {
     assert_eq!(world.provider.refresh_grant_requests(), 1);
 }
 
+/// The provider refuses the refresh token (the person's sign-in was revoked there): the
+/// session is deleted from Redis, so neither a replica nor a copy of the cookie presents the
+/// dead refresh token again.
+#[tokio::test]
+async fn a_refresh_token_refused_by_the_provider_deletes_the_session_for_every_replica() {
+    let redis = RedisServer::start();
+    let extra = format!("refresh_before = \"4s\"\n{}", redis_at(&redis.url(), ""));
+    let world = World::start_with_token_ttl(Duration::from_secs(8), &extra).await;
+    let mut browser = world.browser();
+    let (page, _) = world::login(&world, &mut browser, "/", "alice", &["staff"]).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let cookie = world.cookie_header(&browser);
+    let replica = world.replica().await;
+    world.provider.end_sign_ins_of("alice");
+    tokio::time::sleep(Duration::from_millis(4300)).await;
+    let refused = api(&world.gw, "/orders", &cookie).await;
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    assert!(
+        redis.keys("gatehouse:s:*").is_empty(),
+        "the ended session is still in Redis"
+    );
+    assert!(redis.keys("gatehouse:u:*").is_empty());
+    let grants = world.provider.refresh_grant_requests();
+    assert_eq!(api(&replica, "/orders", &cookie).await.status, 401);
+    assert_eq!(
+        world.provider.refresh_grant_requests(),
+        grants,
+        "the dead refresh token was presented again"
+    );
+}
+
 /// Back-channel logout with Redis: the provider calls one replica; the session is gone on both
 /// (the cookie store can only promise the replica that was called).
 #[tokio::test]
