@@ -452,7 +452,8 @@ pub struct UpstreamConfig {
     pub preserve_host: bool,
     /// `connect_timeout`, default 5 s → 502 when exceeded.
     pub connect_timeout: Duration,
-    /// `response_timeout`, default 60 s: until the upstream's response headers → 504.
+    /// `response_timeout`, default 60 s: from the end of the request body until the upstream's
+    /// response headers → 504.
     pub response_timeout: Duration,
     /// `idle_timeout`, default 90 s: how long a pooled keep-alive connection may sit idle.
     pub idle_timeout: Duration,

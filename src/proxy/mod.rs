@@ -5,6 +5,7 @@
 //! has run.
 
 pub mod headers;
+mod sent;
 
 use std::future::Future;
 use std::io;
@@ -27,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use self::headers::{ForwardInfo, HeaderRules};
+use self::sent::{AllSent, Outgoing};
 use crate::body::Body;
 use crate::config::{Config, UpstreamConfig};
 use crate::context::{ConnInfo, RequestCtx};
@@ -74,7 +76,7 @@ enum Transport {
 /// A keep-alive connection waiting for its next request: the handle hyper's connection task
 /// takes requests from, and since when it has been idle (at the latest).
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<Outgoing>,
     since: Instant,
 }
 
@@ -148,13 +150,27 @@ impl Proxy {
     ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + 'a {
         let prepared = self.prepare(index, req, &client_host, ctx, edit);
         async move {
-            let (upstream, req, client_upgrade) = match prepared? {
+            let (upstream, req, all_sent, client_upgrade) = match prepared? {
                 Prepared::Send(parts) => parts,
                 Prepared::Answer(response) => return Ok(response),
             };
             let sent = Instant::now();
-            let result =
-                tokio::time::timeout(upstream.response_timeout, upstream.send(req, sent)).await;
+            let exchange = upstream.send(req, sent);
+            let result = match all_sent {
+                None => tokio::time::timeout(upstream.response_timeout, exchange).await,
+                // The timeout counts from the end of the request body; an answer that comes
+                // earlier (413, 401) is taken as it comes.
+                Some(all_sent) => {
+                    let mut exchange = std::pin::pin!(exchange);
+                    tokio::select! {
+                        biased;
+                        answered = &mut exchange => Ok(answered),
+                        _ = all_sent => {
+                            tokio::time::timeout(upstream.response_timeout, exchange).await
+                        }
+                    }
+                }
+            };
             ctx.upstream_latency = Some(sent.elapsed());
             let resp = match result {
                 Err(_) => {
@@ -211,9 +227,11 @@ impl Proxy {
         parts.uri = upstream.uri(&ctx.path, &parts.uri)?;
         // The upstream leg is always HTTP/1.1, whatever the client spoke to us.
         parts.version = Version::HTTP_11;
+        let (body, all_sent) = sent::watch(body);
         Ok(Prepared::Send((
             upstream,
             Request::from_parts(parts, body),
+            all_sent,
             client_upgrade,
         )))
     }
@@ -221,7 +239,14 @@ impl Proxy {
 
 /// What [`Proxy::prepare`] made of a request: an exchange with an upstream, or an answer.
 enum Prepared<'a> {
-    Send((&'a Upstream, Request<Incoming>, Option<OnUpgrade>)),
+    Send(
+        (
+            &'a Upstream,
+            Request<Outgoing>,
+            Option<AllSent>,
+            Option<OnUpgrade>,
+        ),
+    ),
     Answer(Response<Body>),
 }
 
@@ -368,7 +393,7 @@ impl Upstream {
     )]
     fn send(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Outgoing>,
         now: Instant,
     ) -> impl Future<Output = Result<Response<Incoming>, ProxyError>> + '_ {
         async move {
@@ -404,7 +429,7 @@ impl Upstream {
 
     /// The most recently used idle connection that is still open, ready and younger than
     /// `idle_timeout`; closed and expired ones met on the way are dropped.
-    fn checkout(&self, now: Instant) -> Option<SendRequest<Incoming>> {
+    fn checkout(&self, now: Instant) -> Option<SendRequest<Outgoing>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(entry) = idle.pop() {
             let fresh = now.saturating_duration_since(entry.since) < self.idle_timeout;
@@ -420,7 +445,7 @@ impl Upstream {
     /// small task waits for it (a streaming body) and pools it after, or drops it when the
     /// upstream closes it (`Connection: close`, errors). A protocol switch takes the
     /// connection over: it never comes back.
-    fn checkin(&self, sender: SendRequest<Incoming>, resp: &Response<Incoming>, now: Instant) {
+    fn checkin(&self, sender: SendRequest<Outgoing>, resp: &Response<Incoming>, now: Instant) {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS || sender.is_closed() {
             return;
         }
@@ -439,7 +464,7 @@ impl Upstream {
 
     /// A new connection: resolve, connect within `connect_timeout`, TLS when the URL says so,
     /// then hyper's HTTP/1.1 handshake with its connection task spawned on this worker.
-    async fn connect(&self) -> Result<SendRequest<Incoming>, ProxyError> {
+    async fn connect(&self) -> Result<SendRequest<Outgoing>, ProxyError> {
         let fail = |source: io::Error| ProxyError::Connect {
             upstream: self.name.to_string(),
             source,
@@ -491,7 +516,7 @@ impl Upstream {
     }
 }
 
-fn push_idle(idle: &Mutex<Vec<Idle>>, sender: SendRequest<Incoming>, since: Instant) {
+fn push_idle(idle: &Mutex<Vec<Idle>>, sender: SendRequest<Outgoing>, since: Instant) {
     idle.lock()
         .unwrap_or_else(PoisonError::into_inner)
         .push(Idle { sender, since });
@@ -509,7 +534,7 @@ async fn connect_addr(addr: SocketAddr) -> io::Result<TcpStream> {
 
 /// hyper's HTTP/1.1 client handshake over `io`; the connection task (with upgrade support, for
 /// websockets) runs on this worker's event loop until the connection closes.
-async fn handshake<S>(io: S) -> io::Result<SendRequest<Incoming>>
+async fn handshake<S>(io: S) -> io::Result<SendRequest<Outgoing>>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {

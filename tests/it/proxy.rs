@@ -495,6 +495,38 @@ async fn slow_upstream_answers_504() {
     assert!(reply.headers.contains_key("x-request-id"));
 }
 
+/// `response_timeout` counts from the end of the request body: an upload that takes longer
+/// than it (a large file from a slow client) is not cut off with a 504 while it is sent.
+#[tokio::test]
+async fn an_upload_slower_than_the_response_timeout_is_not_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        "[[upstreams]]\nurl = \"{}\"\nresponse_timeout = \"1s\"\n",
+        up.url()
+    ));
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: app\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    // Five chunks, half a second apart: 2.5 s of sending, against a 1 s timeout.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stream.write_all(b"a\r\n0123456789\r\n").await.unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(up.last().body_len, 50);
+}
+
 #[tokio::test]
 async fn a_callers_request_id_is_propagated_and_one_is_made_when_missing() {
     let up = Upstream::start().await;
