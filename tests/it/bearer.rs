@@ -35,6 +35,8 @@ struct Setup {
     issuer: Option<&'static str>,
     /// Lines in `[bearer.introspection]` (endpoint and client are filled in); `None`: off.
     introspection: Option<&'static str>,
+    /// Lines in `[server]` (`listen` is filled in).
+    server: &'static str,
 }
 
 impl Setup {
@@ -94,7 +96,10 @@ impl Api {
     }
 
     fn config(iss: &TestIssuer, app: &Upstream, setup: &Setup) -> String {
-        let mut config = format!("[bearer]\n{}\n\n", setup.bearer);
+        let mut config = format!(
+            "[server]\n{}\n\n[bearer]\n{}\n\n",
+            setup.server, setup.bearer
+        );
         if let Some(lines) = setup.introspection {
             let (id, secret) = iss.client();
             config.push_str(&format!(
@@ -492,6 +497,53 @@ async fn forged_misdirected_and_malformed_jwts_are_refused_with_invalid_token() 
         api.get("/api/items", &m().exp_in(-30).sign()).await.status,
         200
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_jwt_is_refused_once_it_expires() {
+    // One worker: every request meets the same per-worker memory of verified tokens, the
+    // cache in front of the shared one. Leeway 1 s instead of the default 60 s.
+    let api = Api::start(Setup {
+        server: "workers = 1",
+        bearer: "leeway = \"1s\"",
+        ..Setup::jwt()
+    })
+    .await;
+    // Four seconds: both calls below must land inside it even on a busy machine.
+    let exp = unix_now() + 4;
+    let token = api
+        .iss
+        .mint(DEFAULT_AUDIENCE)
+        .sub("short-lived")
+        .claim("exp", json!(exp))
+        .sign();
+    // Verified, then served from the cache.
+    for path in ["/api/a", "/api/b"] {
+        let reply = api.get(path, &token).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+    }
+    assert_eq!(
+        api.app.last().header("x-forwarded-user"),
+        Some("short-lived")
+    );
+    // Past exp plus the leeway (whole seconds).
+    while unix_now() <= exp + 1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reply = api.get("/api/c", &token).await;
+    assert_invalid_token(
+        &reply,
+        "expired after it was cached",
+        &leak_probes(&api.iss, &token),
+    );
+    assert_eq!(api.app.count(), 2, "the expired token reached the app");
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,8 +8,48 @@ use http::Request;
 use http_body_util::Full;
 
 use crate::support::upstream::Upstream;
-use crate::support::world::{Browser, World, callback_reply_from, free_addr, location, login};
-use crate::support::{Gateway, send};
+use crate::support::world::{
+    Browser, World, callback_reply_from, free_addr, hidden, location, login, sign_in_at_provider,
+};
+use crate::support::{Gateway, Reply, get, send};
+
+/// The `Set-Cookie` values of `reply` that set a cookie (rather than clear one).
+fn cookies_set(reply: &Reply) -> Vec<String> {
+    reply
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .filter(|v| !v.to_ascii_lowercase().contains("max-age=0"))
+        .collect()
+}
+
+/// The one value of `name` in `url`'s query.
+fn query_param(url: &str, name: &str) -> Option<String> {
+    let url = url::Url::parse(url).unwrap();
+    let mut values = url.query_pairs().filter(|(k, _)| k == name);
+    let value = values.next().map(|(_, v)| v.into_owned());
+    assert!(values.next().is_none(), "{name} repeated in {url}");
+    value
+}
+
+/// `callback` with its `iss` parameter replaced by `iss` (removed for `None`).
+fn with_iss(callback: &str, iss: Option<&str>) -> String {
+    let mut url = url::Url::parse(callback).unwrap();
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "iss")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    {
+        let mut query = url.query_pairs_mut();
+        query.clear().extend_pairs(kept);
+        if let Some(iss) = iss {
+            query.append_pair("iss", iss);
+        }
+    }
+    url.into()
+}
 
 #[tokio::test]
 async fn a_deep_link_survives_login_and_the_app_receives_the_identity() {
@@ -96,15 +136,44 @@ async fn scripts_get_401_json_and_browsers_get_a_login_redirect() {
 async fn a_replayed_callback_is_refused() {
     let world = World::start("").await;
     let mut browser = world.browser();
-    let before = browser.clone();
-    let (page, callback) = login(&world, &mut browser, "/", "alice", &[]).await;
-    assert_eq!(page.status, 200);
-    // The same callback again, with the login cookie the browser had before using it.
-    let mut replayer = before;
-    let _ = replayer.get(&world.gw.url("/")).await;
-    let replay = replayer.get(&callback).await;
+    let to_provider = location(&browser.get(&world.gw.url("/app")).await);
+    // What an attacker who copied the browser mid-login holds: its login cookie, valid for
+    // this state until the gateway has seen the state once.
+    let mut copy = browser.clone();
+    let callback = sign_in_at_provider(&world, &mut browser, &to_provider, "alice").await;
+    let landed = browser.get(&callback).await;
+    assert_eq!(location(&landed), "/app");
+    assert!(!cookies_set(&landed).is_empty(), "no session was created");
+    assert_eq!(browser.get(&world.gw.url("/app")).await.status, 200);
+    let served = world.app.count();
+
+    // The same browser presents the same callback (state and code) again.
+    let replay = browser.get(&callback).await;
     assert_eq!(replay.status, 400, "{}", replay.text());
-    // And with no state at all.
+    assert!(replay.text().contains("already used"), "{}", replay.text());
+    assert_eq!(cookies_set(&replay), Vec::<String>::new());
+    // The copy with the login cookie re-attached: the gateway itself remembers the state, so
+    // the code is not even spent at the provider.
+    let replay = copy.get(&callback).await;
+    assert_eq!(replay.status, 400, "{}", replay.text());
+    assert!(
+        replay.text().contains("was already used"),
+        "{}",
+        replay.text()
+    );
+    assert_eq!(cookies_set(&replay), Vec::<String>::new());
+    assert_eq!(
+        copy.get(&world.gw.url("/oauth2/userinfo")).await.status,
+        401,
+        "the replay signed the copy in"
+    );
+    assert_eq!(world.app.count(), served, "a replay reached the app");
+    // The sign-in that used the callback first is untouched.
+    let info = browser.get(&world.gw.url("/oauth2/userinfo")).await;
+    assert_eq!(info.status, 200);
+    assert_eq!(info.json()["user"], "alice");
+
+    // And with no state at all, or two.
     let missing = browser
         .get(&world.gw.url("/oauth2/callback?code=abc"))
         .await;
@@ -113,6 +182,163 @@ async fn a_replayed_callback_is_refused() {
         .get(&world.gw.url("/oauth2/callback?state=a&state=b&code=c"))
         .await;
     assert_eq!(doubled.status, 400);
+}
+
+#[tokio::test]
+async fn a_used_state_replayed_with_its_login_cookie_and_a_fresh_code_is_refused() {
+    // The attacker copied the browser's login cookie and the authorization request (state,
+    // nonce, PKCE challenge) mid-login; after the victim's sign-in they run the same request
+    // at the provider as themselves and bring a fresh code, bound to the same challenge, back
+    // with the same state. Only the gateway's memory of used states stops this.
+    let world = World::start("").await;
+    let mut browser = world.browser();
+    let to_provider = location(&browser.get(&world.gw.url("/app")).await);
+    let mut attacker = browser.clone();
+    let callback = sign_in_at_provider(&world, &mut browser, &to_provider, "alice").await;
+    assert_eq!(location(&browser.get(&callback).await), "/app");
+    assert_eq!(browser.get(&world.gw.url("/app")).await.status, 200);
+    let served = world.app.count();
+
+    let fresh = sign_in_at_provider(&world, &mut attacker, &to_provider, "mallory").await;
+    assert_ne!(fresh, callback, "the provider issued the same code twice");
+    assert_eq!(
+        query_param(&fresh, "state"),
+        query_param(&callback, "state")
+    );
+    let replay = attacker.get(&fresh).await;
+    assert_eq!(replay.status, 400, "{}", replay.text());
+    assert!(
+        replay.text().contains("was already used"),
+        "{}",
+        replay.text()
+    );
+    assert_eq!(cookies_set(&replay), Vec::<String>::new());
+    assert_eq!(
+        attacker.get(&world.gw.url("/oauth2/userinfo")).await.status,
+        401,
+        "the replayed state signed the attacker in"
+    );
+    assert_eq!(world.app.count(), served, "the replay reached the app");
+    let info = browser.get(&world.gw.url("/oauth2/userinfo")).await;
+    assert_eq!(info.json()["user"], "alice");
+}
+
+#[tokio::test]
+async fn a_callback_naming_another_issuer_is_refused_mix_up_attack() {
+    // RFC 9207: the development provider says it sends `iss` with every authorization response,
+    // so a response without it, or naming anyone else, did not come from it.
+    let world = World::start("").await;
+    let discovery = get(&format!(
+        "{}/.well-known/openid-configuration",
+        world.provider.issuer()
+    ))
+    .await;
+    assert_eq!(
+        discovery.json()["authorization_response_iss_parameter_supported"],
+        true
+    );
+    let look_alike = format!("{}/", world.provider.issuer());
+    for (attack, iss) in [
+        ("another issuer", Some("https://attacker.example")),
+        (
+            "the issuer with a trailing slash",
+            Some(look_alike.as_str()),
+        ),
+        ("no iss at all", None),
+    ] {
+        let mut browser = world.browser();
+        let to_provider = location(&browser.get(&world.gw.url("/app")).await);
+        let callback = sign_in_at_provider(&world, &mut browser, &to_provider, "alice").await;
+        let reply = browser.get(&with_iss(&callback, iss)).await;
+        assert_eq!(reply.status, 400, "{attack}: {}", reply.text());
+        assert!(
+            reply.text().contains("unexpected issuer"),
+            "{attack}: {}",
+            reply.text()
+        );
+        assert_eq!(cookies_set(&reply), Vec::<String>::new(), "{attack}");
+        assert_eq!(
+            browser.get(&world.gw.url("/oauth2/userinfo")).await.status,
+            401,
+            "{attack}: signed in"
+        );
+    }
+    assert_eq!(world.app.count(), 0, "a mixed-up sign-in reached the app");
+
+    // The same login with the provider's own `iss` (as it sends it) works.
+    let mut browser = world.browser();
+    let to_provider = location(&browser.get(&world.gw.url("/app")).await);
+    let callback = sign_in_at_provider(&world, &mut browser, &to_provider, "alice").await;
+    assert_eq!(
+        query_param(&callback, "iss").as_deref(),
+        Some(world.provider.issuer())
+    );
+    let landed = browser.get(&callback).await;
+    assert_eq!(location(&landed), "/app");
+    assert!(!cookies_set(&landed).is_empty());
+    assert_eq!(browser.get(&world.gw.url("/app")).await.status, 200);
+    assert_eq!(world.app.last().headers["x-forwarded-user"], "alice");
+}
+
+#[tokio::test]
+async fn markup_in_a_provider_error_is_shown_escaped_never_run() {
+    // Reflected XSS through the callback: anyone can send a victim to the gateway's callback
+    // with an error of their choosing (the state is the victim's own, from their redirect).
+    let world = World::start("").await;
+    let mut browser = world.browser();
+    let to_provider = location(&browser.get(&world.gw.url("/app")).await);
+    let state = query_param(&to_provider, "state").unwrap();
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("error", "access_denied<script>alert(1)</script>")
+        .append_pair(
+            "error_description",
+            "<script>alert(2)</script><img src=x onerror=alert(3)>",
+        )
+        .append_pair("state", &state)
+        .append_pair("iss", world.provider.issuer())
+        .finish();
+    let page = browser
+        .get(&world.gw.url(&format!("/oauth2/callback?{query}")))
+        .await;
+    assert_eq!(page.status, 403, "{}", page.text());
+    assert!(
+        page.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"),
+        "{:?}",
+        page.headers["content-type"]
+    );
+    let html = page.text();
+    assert!(!html.contains("<script"), "{html}");
+    assert!(!html.contains("<img"), "{html}");
+    assert!(
+        html.contains("access_denied&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{html}"
+    );
+    assert_eq!(cookies_set(&page), Vec::<String>::new());
+    assert_eq!(
+        browser.get(&world.gw.url("/oauth2/userinfo")).await.status,
+        401
+    );
+
+    // A person cancelling at the provider sees the same page, with the provider's own error.
+    let mut browser = world.browser();
+    let to_provider = location(&browser.get(&world.gw.url("/app")).await);
+    let form_page = browser.get(&to_provider).await;
+    let request_id = hidden(&form_page.text(), "request_id");
+    let back = browser
+        .request(
+            "POST",
+            &format!("{}/authorize", world.provider.issuer()),
+            Some(format!("request_id={request_id}&action=cancel")),
+        )
+        .await;
+    let page = browser.get(&location(&back)).await;
+    assert_eq!(page.status, 403, "{}", page.text());
+    assert!(page.text().contains("(access_denied)"), "{}", page.text());
+    assert_eq!(cookies_set(&page), Vec::<String>::new());
+    assert_eq!(world.app.count(), 0, "a refused sign-in reached the app");
 }
 
 #[tokio::test]

@@ -372,3 +372,35 @@ pub async fn callback_reply_from(world: &World, browser: &mut Browser, start: &s
     );
     browser.get(&callback).await
 }
+
+/// At the provider, from `to_provider` (the gateway's redirect to it), signs `user` in and
+/// returns the callback URL the provider sends the browser back to (not followed).
+pub async fn sign_in_at_provider(
+    world: &World,
+    browser: &mut Browser,
+    to_provider: &str,
+    user: &str,
+) -> String {
+    assert!(
+        to_provider.starts_with(world.provider.issuer()),
+        "{to_provider}"
+    );
+    let form_page = browser.get(to_provider).await;
+    assert_eq!(form_page.status, 200, "{}", form_page.text());
+    let request_id = hidden(&form_page.text(), "request_id");
+    let back = browser
+        .request(
+            "POST",
+            &format!("{}/authorize", world.provider.issuer()),
+            Some(format!(
+                "request_id={request_id}&username={user}&email={user}%40example.com&action=login"
+            )),
+        )
+        .await;
+    let callback = location(&back);
+    assert!(
+        callback.starts_with(&world.gw.url("/oauth2/callback")),
+        "{callback}"
+    );
+    callback
+}
