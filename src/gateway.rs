@@ -438,12 +438,18 @@ impl Gateway {
 
     /// The endpoints under the proxy prefix.
     async fn builtin(&self, req: &Request<Incoming>, ctx: &RequestCtx) -> Response<Body> {
+        let endpoint = ctx.path.strip_prefix(self.prefix.as_str());
+        // A check has no effect, whatever its method: Envoy sends the original one.
+        if let Some(auth) = endpoint.and_then(|e| e.strip_prefix("/auth")) {
+            if auth.is_empty() {
+                return self.forward_auth(req, ctx, None).await;
+            }
+            if auth.starts_with('/') {
+                return self.forward_auth(req, ctx, Some(auth)).await;
+            }
+        }
         if let Some(resp) = endpoints::get_only(req.method()) {
             return resp;
-        }
-        let endpoint = ctx.path.strip_prefix(self.prefix.as_str());
-        if endpoint == Some("/auth") {
-            return self.forward_auth(req, ctx).await;
         }
         let Some(login) = &self.login else {
             return endpoints::not_found();
@@ -461,9 +467,14 @@ impl Gateway {
     /// `/oauth2/auth`: the whole request path but forwarding, for a proxy in front that asks
     /// before it serves (nginx `auth_request`, Traefik ForwardAuth, Envoy ext_authz). The
     /// original method and URI are believed only from trusted proxies (rule 27).
-    async fn forward_auth(&self, req: &Request<Incoming>, ctx: &RequestCtx) -> Response<Body> {
+    async fn forward_auth(
+        &self,
+        req: &Request<Incoming>,
+        ctx: &RequestCtx,
+        below: Option<&str>,
+    ) -> Response<Body> {
         let trusted = self.proxy.is_trusted(ctx.conn.peer.ip());
-        let original = match forward_auth::original(req, trusted) {
+        let original = match forward_auth::original(req, trusted, below) {
             Ok(original) => original,
             Err(reason) => return error::plain(StatusCode::BAD_REQUEST, reason),
         };

@@ -3,8 +3,10 @@
 //! answers 202 with `X-Auth-Request-*` identity headers, or 401 / 403 — never a body to proxy.
 //!
 //! The request being asked about is described by `X-Forwarded-Uri` (or `X-Original-URI`),
-//! `X-Forwarded-Method` and `X-Forwarded-Host`, believed only from `[server] trusted_proxies`
-//! (rule 27); a repeated one is refused (rule 35). Its path is normalised like any request's
+//! `X-Forwarded-Method` and `X-Forwarded-Host`, or — Envoy's ext_authz HTTP service, which
+//! sends the original method and appends the original path to its `path_prefix` — by the
+//! check's own method and the path below `/oauth2/auth/`. Either is believed only from
+//! `[server] trusted_proxies` (rule 27); a repeated header is refused (rule 35). Its path is normalised like any request's
 //! (rule 21) before a route policy is looked up. The gateway's own steps (authenticate,
 //! authorize) run in `gateway.rs`; this module reads the description and shapes the answers.
 
@@ -33,17 +35,32 @@ pub struct Original {
 }
 
 /// The original request, `None` when the caller is not a trusted proxy or names none (then
-/// the default policy applies). `Err` names why the description is unusable.
-pub fn original<B>(req: &Request<B>, trusted: bool) -> Result<Option<Original>, &'static str> {
+/// the default policy applies). `below` is the (normalised) path under `/oauth2/auth/` of an
+/// Envoy-style check, if it is one. `Err` names why the description is unusable.
+pub fn original<B>(
+    req: &Request<B>,
+    trusted: bool,
+    below: Option<&str>,
+) -> Result<Option<Original>, &'static str> {
     if !trusted {
         return Ok(None);
     }
     let headers = req.headers();
-    let uri = match (
+    let named = match (
         one(headers, &X_FORWARDED_URI)?,
         one(headers, &X_ORIGINAL_URI)?,
     ) {
-        (Some(u), _) | (None, Some(u)) => u,
+        (Some(u), _) | (None, Some(u)) => Some(u.to_owned()),
+        (None, None) => None,
+    };
+    // Envoy's form: the check is the original request, its path after the prefix.
+    let envoy = named.is_none() && below.is_some();
+    let uri = match (named, below) {
+        (Some(u), _) => u,
+        (None, Some(path)) => match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        },
         (None, None) => return Ok(None),
     };
     let uri: Uri = uri
@@ -59,6 +76,7 @@ pub fn original<B>(req: &Request<B>, trusted: bool) -> Result<Option<Original>, 
         Some(m) => {
             Method::from_bytes(m.as_bytes()).map_err(|_| "X-Forwarded-Method is not a method\n")?
         }
+        None if envoy => req.method().clone(),
         None => Method::GET,
     };
     let host = match one(headers, &X_FORWARDED_HOST)? {

@@ -163,6 +163,54 @@ async fn a_session_touched_by_a_forward_auth_check_reaches_the_browser_through_n
     assert!(!renewed[0].contains("Max-Age=0"), "{}", renewed[0]);
 }
 
+/// Envoy's ext_authz HTTP service (`path_prefix: /oauth2/auth`) asks with the original
+/// method and the original path below the prefix: the route policy is that request's, and
+/// only a trusted proxy is believed (rule 27).
+#[tokio::test]
+async fn envoy_style_checks_carry_the_original_method_and_path() {
+    let world = World::start_with_server("trusted_proxies = [\"127.0.0.1/32\"]", BEARER).await;
+    let mut browser = world.browser();
+    let (page, _) = login(&world, &mut browser, "/", "alice", &["staff"]).await;
+    assert_eq!(page.status, 200);
+    let cookie = world.cookie_header(&browser);
+    let check = |method: &str, path: &str, cookie: Option<&str>| {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(world.gw.url(&format!("/oauth2/auth{path}")));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        crate::support::send(
+            req.body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+    };
+    // A public route, asked about with POST: allowed, no identity needed.
+    assert_eq!(check("POST", "/public/form?x=1", None).await.status, 202);
+    // A protected one: a challenge without a session, the identity with one.
+    assert_eq!(check("DELETE", "/reports/7", None).await.status, 401);
+    let ok = check("PUT", "/reports/7", Some(&cookie)).await;
+    assert_eq!(ok.status, 202);
+    assert_eq!(ok.headers["x-auth-request-user"], "alice");
+    // /orders needs a scope a browser session does not carry.
+    assert_eq!(check("POST", "/orders/1", Some(&cookie)).await.status, 403);
+    assert_eq!(
+        world.app.count(),
+        1,
+        "only the login's landing reached the app"
+    );
+
+    // Not a trusted proxy: the path below /oauth2/auth is not believed.
+    let untrusting = World::start(BEARER).await;
+    let reply = crate::support::send(
+        http::Request::post(untrusting.gw.url("/oauth2/auth/public/form"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 401);
+}
+
 #[tokio::test]
 async fn the_original_uri_is_believed_only_from_trusted_proxies() {
     // No trusted proxies: X-Original-URI naming a public path changes nothing.
