@@ -3,7 +3,7 @@
 //! session with that `sid`, or of that user created before the logout, is refused from then on
 //! (and its cookie cleared). Entries live as long as a session can, so none outlives the
 //! sessions it ends. Logout tokens are single use: their `jti` is remembered for as long as
-//! the token could be accepted.
+//! the token could be accepted (with Redis also there, for every replica).
 //!
 //! With the cookie store this memory is per process: a logout reaches the replica the provider
 //! called and no other, and is forgotten at restart — a cookie session cannot be deleted

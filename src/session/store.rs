@@ -43,6 +43,8 @@ const SESSION_PREFIX: &str = "gatehouse:s:";
 const LOCK_PREFIX: &str = "gatehouse:l:";
 const SUB_PREFIX: &str = "gatehouse:u:";
 const SID_PREFIX: &str = "gatehouse:p:";
+/// Logout tokens already used, by `jti`.
+const JTI_PREFIX: &str = "gatehouse:j:";
 /// After a failed connection attempt, requests fail at once for this long instead of each
 /// trying again (a request storm during an outage costs no connection storm).
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
@@ -329,6 +331,39 @@ impl SessionStore {
         }
         redis.query::<i64>(redis::cmd("DEL").arg(&index)).await?;
         Ok(ended)
+    }
+
+    /// Marks a logout token's `jti` as used for `ttl`; false when it was used already. With
+    /// Redis this holds across replicas and restarts (a token replayed to another replica
+    /// would otherwise end the sessions of its `sub` signed in since); the cookie store leaves
+    /// it to the in-process memory ([`super::logout::Logouts`]) and answers true.
+    pub async fn use_once(&self, jti: &str, ttl: Duration) -> Result<bool, SessionError> {
+        let Backend::Redis { redis, .. } = &self.backend else {
+            return Ok(true);
+        };
+        let set: Option<String> = redis
+            .query(
+                redis::cmd("SET")
+                    .arg(index_key(JTI_PREFIX, jti))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(ttl.as_secs().max(1)),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Forgets that a `jti` was used, so the provider's retry of a logout that could not be
+    /// carried out is accepted.
+    pub async fn forget_use(&self, jti: &str) -> Result<(), SessionError> {
+        let Backend::Redis { redis, .. } = &self.backend else {
+            return Ok(());
+        };
+        redis
+            .query::<i64>(redis::cmd("DEL").arg(index_key(JTI_PREFIX, jti)))
+            .await?;
+        Ok(())
     }
 
     /// Takes the refresh lock of session `id` (use [`Session::id`]) for at most `ttl`, waiting

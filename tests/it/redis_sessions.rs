@@ -214,6 +214,39 @@ async fn two_replicas_refresh_a_shared_session_once() {
     assert_eq!(world.provider.refresh_grant_requests(), 1);
 }
 
+/// A captured logout token replayed to another replica: with Redis its `jti` is used up for
+/// every replica, so the replay is refused and the user's sessions signed in since the
+/// logout survive it.
+#[tokio::test]
+async fn a_logout_token_replayed_to_another_replica_is_refused() {
+    let redis = RedisServer::start();
+    let (world, _) = logged_in(&redis).await;
+    let replica = world.replica().await;
+    let token = world
+        .provider
+        .sign_for_tests(&world.logout_claims(None, Some("alice")), "logout+jwt")
+        .unwrap();
+    let body = format!("logout_token={token}");
+    assert_eq!(world.post_backchannel_logout(&body).await.status, 200);
+    // alice signs in again (in a later second than the logout, which ends sessions made up to
+    // its second); then the captured token is replayed to the other replica.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut browser = world.browser();
+    let (page, _) = world::login(&world, &mut browser, "/hello", "alice", &["staff"]).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let cookie = world.cookie_header(&browser);
+    let replay = send(
+        http::Request::post(replica.url("/oauth2/backchannel_logout"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(replay.status, 400, "{}", replay.text());
+    assert_eq!(api(&replica, "/orders", &cookie).await.status, 200);
+    assert_eq!(api(&world.gw, "/orders", &cookie).await.status, 200);
+}
+
 /// The provider refuses the refresh token (the person's sign-in was revoked there): the
 /// session is deleted from Redis, so neither a replica nor a copy of the cookie presents the
 /// dead refresh token again.
