@@ -56,6 +56,11 @@ impl Authorizer {
             .map_or((&self.default, false), |r| (&r.policy, r.password_bridge))
     }
 
+    /// `require_email_verified` (default true).
+    pub fn requires_verified_email(&self) -> bool {
+        self.rules.require_email_verified
+    }
+
     /// The policy of requests no route matches.
     pub fn default_policy(&self) -> &Policy {
         &self.default

@@ -50,6 +50,16 @@ pub fn email_verified(claims: &serde_json::Map<String, serde_json::Value>) -> bo
     }
 }
 
+/// The provider says outright that the address is not verified (`false`, or `"false"`), as
+/// opposed to saying nothing.
+pub fn email_unverified(claims: &serde_json::Map<String, serde_json::Value>) -> bool {
+    match claims.get("email_verified") {
+        Some(serde_json::Value::Bool(b)) => !*b,
+        Some(serde_json::Value::String(s)) => s == "false",
+        _ => false,
+    }
+}
+
 /// Sets the identity headers under the configured names. A value that cannot be a safe header
 /// value (CR, LF, NUL or other control characters, rule 31) is left out rather than forwarded;
 /// each group is percent-encoded where it contains `,` or `%`, so `"x,admin"` arrives as one

@@ -292,7 +292,8 @@ pub struct AuthorizationConfig {
     pub allowed_email_domains: Vec<String>,
     /// `allowed_emails` plus the lines of `allowed_emails_file`, lowercased.
     pub allowed_emails: Vec<String>,
-    /// `require_email_verified`, default true (when an email rule is configured).
+    /// `require_email_verified`, default true: a provider's `email_verified: false` refuses the
+    /// login; with an email rule, so does a missing `email_verified`.
     pub require_email_verified: bool,
     /// `groups_claim`, default `"groups"`: a claim name or dotted path (`realm_access.roles`).
     pub groups_claim: Vec<String>,

@@ -279,6 +279,9 @@ pub enum IdTokenFault {
     /// Valid in every respect but naming another subject: what a relying party must refuse
     /// when it refreshes a session (OpenID Connect Core §12.2).
     OtherSubject,
+    /// Valid in every respect, but the provider says the address is not verified
+    /// (`email_verified: false`), as providers that let users type any address do.
+    UnverifiedEmail,
 }
 
 /// The development OpenID provider. Cheap to share behind an `Arc`; all state is in memory.
@@ -1405,6 +1408,10 @@ impl DevProvider {
             }
             IdTokenFault::OtherSubject => {
                 id.sub = format!("not-{}", id.sub);
+                self.sign(&id, "JWT")
+            }
+            IdTokenFault::UnverifiedEmail => {
+                id.email_verified = id.email_verified.map(|_| false);
                 self.sign(&id, "JWT")
             }
             IdTokenFault::AlgNone => {

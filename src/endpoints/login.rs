@@ -477,6 +477,18 @@ impl Login {
             // Never kept, never sent back as a logout hint: nobody checked it.
             session.id_token = None;
         }
+        // As oauth2-proxy by default: an address the provider calls unverified gets no login
+        // even without an email rule, since the app may take X-Forwarded-Email as proof of it.
+        if authorizer.requires_verified_email()
+            && claims.contains_key("email")
+            && crate::identity::email_unverified(&claims)
+        {
+            tracing::info!(user = %session.sub, "sign-in refused: email address not verified");
+            return with_cookies(
+                forbidden_page("email address not verified", &self.prefix),
+                set_cookies,
+            );
+        }
         if let Decision::Deny(reason) = authorizer.admit(&identity_of(session.clone())) {
             tracing::info!(user = %session.sub, reason = %reason, "sign-in refused by the authorization rules");
             return with_cookies(forbidden_page(&reason, &self.prefix), set_cookies);

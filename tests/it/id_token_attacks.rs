@@ -133,3 +133,27 @@ async fn hs256_signed_with_the_public_key_is_refused() {
     )
     .await;
 }
+
+/// The provider says the address is not verified (anyone could have typed it): no login, even
+/// with no email rule configured, because the app would take `X-Forwarded-Email` as proof —
+/// unless `require_email_verified = false` says the deployment does not care.
+#[tokio::test]
+async fn an_email_the_provider_calls_unverified_gets_no_login() {
+    let world = World::start_with(Some(IdTokenFault::UnverifiedEmail), "").await;
+    let mut browser = Browser::default();
+    let reply = callback_reply(&world, &mut browser).await;
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert!(reply.text().contains("not verified"), "{}", reply.text());
+    let info = browser.get(&world.gw.url("/oauth2/userinfo")).await;
+    assert_eq!(info.status, 401);
+    assert_eq!(world.app.count(), 0);
+
+    let relaxed = World::start_with(
+        Some(IdTokenFault::UnverifiedEmail),
+        "\n[authorization]\nrequire_email_verified = false\n",
+    )
+    .await;
+    let mut browser = Browser::default();
+    let reply = callback_reply(&relaxed, &mut browser).await;
+    assert_eq!(reply.status, 302, "{}", reply.text());
+}
