@@ -224,13 +224,7 @@ impl SessionStore {
         self.write(redis, sealer, session, Write::New).await?;
         let lifetime_ms = self.lifetime.saturating_mul(1000);
         let member = hex_sha256(&session.id);
-        for index in [
-            Some(index_key(SUB_PREFIX, &session.sub)),
-            session.sid.as_deref().map(|sid| index_key(SID_PREFIX, sid)),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for index in index_keys(session) {
             redis
                 .query::<i64>(redis::cmd("SADD").arg(&index).arg(&member))
                 .await?;
@@ -534,18 +528,22 @@ fn hex_sha256(value: &str) -> String {
         .collect()
 }
 
-/// The Redis key of session `id`: a hash, so the key names no live id (a key list is no
-/// cookie list).
-/// Takes a session out of the `sub` and `sid` indexes back-channel logout reads.
-async fn unindex(redis: &Redis, session: &Session) -> Result<(), SessionError> {
-    let member = hex_sha256(&session.id);
-    for index in [
+/// The index sets a session is a member of: its user's, and its provider session's.
+fn index_keys(session: &Session) -> impl Iterator<Item = String> {
+    [
         Some(index_key(SUB_PREFIX, &session.sub)),
         session.sid.as_deref().map(|sid| index_key(SID_PREFIX, sid)),
     ]
     .into_iter()
     .flatten()
-    {
+}
+
+/// The Redis key of session `id`: a hash, so the key names no live id (a key list is no
+/// cookie list).
+/// Takes a session out of the `sub` and `sid` indexes back-channel logout reads.
+async fn unindex(redis: &Redis, session: &Session) -> Result<(), SessionError> {
+    let member = hex_sha256(&session.id);
+    for index in index_keys(session) {
         redis
             .query::<i64>(redis::cmd("SREM").arg(index).arg(&member))
             .await?;

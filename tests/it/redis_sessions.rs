@@ -164,14 +164,9 @@ async fn redis_down_is_503_then_the_same_session_works_when_it_returns() {
     world.gw.wait_for_log("Redis is reachable again").await;
 }
 
-/// Refresh with the Redis store: tokens live 3 s and rotate (the development provider revokes
-/// the whole sign-in when a spent refresh token comes back). Requests on two replicas across
-/// the expiry: one refresh in total, every request served, and the session in Redis carries
-/// the new token for both.
-#[tokio::test]
-async fn two_replicas_refresh_a_shared_session_once() {
-    let redis = RedisServer::start();
-    // Tokens live 8 s, due with 4 s left: seconds to spare for starting the replica.
+/// alice signed in on a world whose tokens live 8 s and refresh with 4 s left (seconds to
+/// spare for starting the replica), the cookie, and a second replica.
+async fn refreshing_replicas(redis: &RedisServer) -> (World, String, Gateway) {
     let extra = format!("refresh_before = \"4s\"\n{}", redis_at(&redis.url(), ""));
     let world = World::start_with_token_ttl(Duration::from_secs(8), &extra).await;
     let mut browser = world.browser();
@@ -179,6 +174,17 @@ async fn two_replicas_refresh_a_shared_session_once() {
     assert_eq!(page.status, 200, "{}", page.text());
     let cookie = world.cookie_header(&browser);
     let replica = world.replica().await;
+    (world, cookie, replica)
+}
+
+/// Refresh with the Redis store: tokens live 8 s and rotate (the development provider revokes
+/// the whole sign-in when a spent refresh token comes back). Requests on two replicas across
+/// the expiry: one refresh in total, every request served, and the session in Redis carries
+/// the new token for both.
+#[tokio::test]
+async fn two_replicas_refresh_a_shared_session_once() {
+    let redis = RedisServer::start();
+    let (world, cookie, replica) = refreshing_replicas(&redis).await;
     let first = world
         .app
         .last()
@@ -253,13 +259,7 @@ async fn a_logout_token_replayed_to_another_replica_is_refused() {
 #[tokio::test]
 async fn a_refresh_token_refused_by_the_provider_deletes_the_session_for_every_replica() {
     let redis = RedisServer::start();
-    let extra = format!("refresh_before = \"4s\"\n{}", redis_at(&redis.url(), ""));
-    let world = World::start_with_token_ttl(Duration::from_secs(8), &extra).await;
-    let mut browser = world.browser();
-    let (page, _) = world::login(&world, &mut browser, "/", "alice", &["staff"]).await;
-    assert_eq!(page.status, 200, "{}", page.text());
-    let cookie = world.cookie_header(&browser);
-    let replica = world.replica().await;
+    let (world, cookie, replica) = refreshing_replicas(&redis).await;
     world.provider.end_sign_ins_of("alice");
     tokio::time::sleep(Duration::from_millis(4300)).await;
     let refused = api(&world.gw, "/orders", &cookie).await;

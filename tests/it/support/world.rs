@@ -349,27 +349,7 @@ pub async fn callback_reply(world: &World, browser: &mut Browser) -> Reply {
 /// The same, starting from `start` (a path of the gateway).
 pub async fn callback_reply_from(world: &World, browser: &mut Browser, start: &str) -> Reply {
     let to_provider = location(&browser.get(&world.gw.url(start)).await);
-    assert!(
-        to_provider.starts_with(world.provider.issuer()),
-        "{to_provider}"
-    );
-    let form_page = browser.get(&to_provider).await;
-    assert_eq!(form_page.status, 200, "{}", form_page.text());
-    let request_id = hidden(&form_page.text(), "request_id");
-    let back = browser
-        .request(
-            "POST",
-            &format!("{}/authorize", world.provider.issuer()),
-            Some(format!(
-                "request_id={request_id}&username=alice&email=alice%40example.com&action=login"
-            )),
-        )
-        .await;
-    let callback = location(&back);
-    assert!(
-        callback.starts_with(&world.gw.url("/oauth2/callback")),
-        "{callback}"
-    );
+    let callback = sign_in_at_provider(world, browser, &to_provider, "alice").await;
     browser.get(&callback).await
 }
 
