@@ -279,6 +279,8 @@ pub enum IdTokenFault {
     /// Valid in every respect but naming another subject: what a relying party must refuse
     /// when it refreshes a session (OpenID Connect Core §12.2).
     OtherSubject,
+    /// No ID token at all in the token response, though `openid` was asked for.
+    Missing,
     /// Valid in every respect, but the provider says the address is not verified
     /// (`email_verified: false`), as providers that let users type any address do.
     UnverifiedEmail,
@@ -1354,7 +1356,9 @@ impl DevProvider {
                 preferred_username: has("profile").then(|| login.name.clone()),
                 groups: login.groups.clone(),
             };
-            body["id_token"] = Value::String(self.sign_id_token(id)?);
+            if self.id_token_fault() != Some(IdTokenFault::Missing) {
+                body["id_token"] = Value::String(self.sign_id_token(id)?);
+            }
         }
         Ok(body)
     }
@@ -1410,6 +1414,8 @@ impl DevProvider {
                 id.sub = format!("not-{}", id.sub);
                 self.sign(&id, "JWT")
             }
+            // Not signed at all: `user_tokens` leaves the ID token out.
+            IdTokenFault::Missing => self.sign(&id, "JWT"),
             IdTokenFault::UnverifiedEmail => {
                 id.email_verified = id.email_verified.map(|_| false);
                 self.sign(&id, "JWT")

@@ -438,7 +438,9 @@ impl Login {
                     );
                 }
             }
-        } else if !self.use_userinfo {
+        } else if !self.use_userinfo || (verifiable && self.openid_scope()) {
+            // An OpenID provider answers scope `openid` with an ID token; without one neither
+            // the nonce (rule 3) nor the token (rule 5) can be checked, userinfo or not.
             return with_cookies(
                 bad_login("The identity provider sent no ID token.", &self.prefix),
                 set_cookies,
@@ -585,6 +587,11 @@ impl Login {
     }
 
     /// Where a person starts a login: named to scripts that get a 401.
+    /// The login asks for scope `openid`: an OpenID Connect login, which has an ID token.
+    fn openid_scope(&self) -> bool {
+        self.provider.config().scopes.iter().any(|s| s == "openid")
+    }
+
     pub fn login_url(&self) -> String {
         format!("{}/start", self.prefix)
     }

@@ -157,3 +157,21 @@ async fn an_email_the_provider_calls_unverified_gets_no_login() {
     let reply = callback_reply(&relaxed, &mut browser).await;
     assert_eq!(reply.status, 302, "{}", reply.text());
 }
+
+/// The provider leaves the ID token out of its answer to scope `openid`: with userinfo on,
+/// an OpenID login must still not go ahead on userinfo alone, since neither the nonce nor
+/// the ID token could be checked.
+#[tokio::test]
+async fn a_token_response_without_the_id_token_gets_no_login_even_with_userinfo() {
+    let mut world = World::start_with(Some(IdTokenFault::Missing), "").await;
+    world
+        .restart_with(|c| c.replace("[provider]\n", "[provider]\nuserinfo = true\n"))
+        .await;
+    let mut browser = Browser::default();
+    let reply = callback_reply(&world, &mut browser).await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert!(reply.text().contains("no ID token"), "{}", reply.text());
+    let info = browser.get(&world.gw.url("/oauth2/userinfo")).await;
+    assert_eq!(info.status, 401);
+    assert_eq!(world.app.count(), 0);
+}
