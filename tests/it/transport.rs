@@ -154,7 +154,7 @@ async fn a_1_gib_download_streams_to_a_slow_reader_without_buffering() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_1_gib_upload_streams_to_the_upstream_without_buffering() {
+async fn a_1_gib_upload_streams_to_a_slow_upstream_without_buffering() {
     let up = Upstream::start().await;
     let gw = Gateway::start(&one_upstream(&up.url()));
     let baseline = warmed_up_baseline(&gw).await;
@@ -165,8 +165,9 @@ async fn a_1_gib_upload_streams_to_the_upstream_without_buffering() {
     let chunks = GIB / chunk.len() as u64;
     let stream = futures_util::stream::iter(0..chunks)
         .map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone())));
-    // No content-length: the body goes out chunked, as a client streaming a file would send it.
-    let req = Request::post(gw.url("/upload"))
+    // No content-length: the body goes out chunked, as a client streaming a file would send it,
+    // faster than the upstream reads it.
+    let req = Request::post(gw.url("/upload?slow"))
         .body(StreamBody::new(stream))
         .unwrap();
     let transfer = async {

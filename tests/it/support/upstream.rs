@@ -174,11 +174,18 @@ async fn answer(mut req: Request<Incoming>, rec: Arc<Mutex<Vec<Seen>>>) -> Respo
             resp
         }
         "/upload" => {
+            // `?slow`: a reader slower than any client here (a millisecond's pause after each
+            // 256 KiB, at most ~250 MB/s), so a gateway that buffered would show it.
+            let slow = req.uri().query() == Some("slow");
             let mut body = req.into_body();
             let mut n = 0u64;
             while let Some(frame) = body.frame().await {
                 if let Ok(data) = frame.unwrap().into_data() {
+                    let before = n / (256 * 1024);
                     n += data.len() as u64;
+                    if slow && n / (256 * 1024) != before {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
                 }
             }
             seen.body_len = n;
