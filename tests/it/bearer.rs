@@ -70,8 +70,17 @@ impl Api {
     }
 
     async fn start_with_issuer(iss: TestIssuer, setup: Setup) -> Self {
+        Self::start_full(iss, setup, &[]).await
+    }
+
+    /// With the gateway's process environment extended by `env` (`RUST_LOG`, say).
+    async fn start_with_env(setup: Setup, env: &[(&str, &str)]) -> Self {
+        Self::start_full(TestIssuer::start().await, setup, env).await
+    }
+
+    async fn start_full(iss: TestIssuer, setup: Setup, env: &[(&str, &str)]) -> Self {
         let app = Upstream::start().await;
-        let gw = Gateway::start(&Self::config(&iss, &app, &setup));
+        let gw = Gateway::start_with_env(&Self::config(&iss, &app, &setup), env);
         let api = Self { iss, app, gw };
         if setup.issuer.is_some() {
             api.keys_loaded().await;
@@ -1015,13 +1024,17 @@ async fn a_jwks_outage_before_the_keys_loaded_is_503_then_recovers_without_resta
     let iss = TestIssuer::start().await;
     iss.set_jwks_outage(Outage::Unavailable);
     let app = Upstream::start().await;
-    let gw = Gateway::start(&format!(
-        "[[bearer.issuers]]\nissuer = \"{}\"\njwks_uri = \"{}\"\naudiences = [\"{DEFAULT_AUDIENCE}\"]\n\n\
-         [[upstreams]]\nurl = \"{}\"\n",
-        iss.issuer(),
-        iss.jwks_uri(),
-        app.url()
-    ));
+    // Debug logging: nothing that level adds may carry a token either.
+    let gw = Gateway::start_with_env(
+        &format!(
+            "[[bearer.issuers]]\nissuer = \"{}\"\njwks_uri = \"{}\"\naudiences = [\"{DEFAULT_AUDIENCE}\"]\n\n\
+             [[upstreams]]\nurl = \"{}\"\n",
+            iss.issuer(),
+            iss.jwks_uri(),
+            app.url()
+        ),
+        &[("RUST_LOG", "debug")],
+    );
     let token = iss.mint(DEFAULT_AUDIENCE).sign();
     let stranger = iss.mint(DEFAULT_AUDIENCE).kid("not-yet-known").sign();
     let auth = |t: &str| format!("Bearer {t}");
@@ -1034,6 +1047,15 @@ async fn a_jwks_outage_before_the_keys_loaded_is_503_then_recovers_without_resta
     }
     assert!(iss.jwks_fetches() >= 1, "the gateway tried");
     assert_eq!(app.count(), 0);
+    // Rule 23: the operator is told which dependency fails and why (the JWKS URL and its
+    // answer), and that callers get 503 because of it. No token is ever in the log (below).
+    gw.expect_warn(&["bearer issuer keys not loaded", &iss.jwks_uri(), "503"])
+        .await;
+    gw.expect_warn(&[
+        "authentication dependency unavailable; answering 503",
+        "dependency=\"token signing keys\"",
+    ])
+    .await;
 
     iss.set_jwks_outage(Outage::Up);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1047,6 +1069,7 @@ async fn a_jwks_outage_before_the_keys_loaded_is_503_then_recovers_without_resta
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(app.last().header("x-forwarded-user"), Some("alice"));
+    gw.assert_never_logged(&[("the token", &token), ("the stranger's token", &stranger)]);
 }
 
 // ---- scopes ------------------------------------------------------------------------------------
@@ -1198,7 +1221,8 @@ async fn a_cached_introspection_answer_never_outlives_the_token_exp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_introspection_outage_is_503_never_401_and_never_a_pass() {
-    let api = Api::start(Setup::introspection("")).await;
+    let api = Api::start_with_env(Setup::introspection(""), &[("RUST_LOG", "debug")]).await;
+    let mut tokens = Vec::new();
     for outage in [
         Outage::Unavailable,
         Outage::HoldThenDrop(Duration::from_millis(300)),
@@ -1214,8 +1238,31 @@ async fn an_introspection_outage_is_503_never_401_and_never_a_pass() {
         api.iss.set_introspection_outage(Outage::Up);
         let reply = api.get("/orders/1", &token).await;
         assert_eq!(reply.status, 200, "{outage:?} then up: {}", reply.text());
+        tokens.push(token);
     }
     assert_eq!(api.app.count(), 3);
+    // Rule 23: one line names the failing introspection endpoint and the cause, another that
+    // callers get 503 because of it; neither tokens nor the gateway's client secret are in
+    // the log, even at debug level.
+    let endpoint = api.iss.introspection_endpoint();
+    api.gw
+        .expect_warn(&["token introspection failed; answering 503", &endpoint])
+        .await;
+    api.gw
+        .expect_warn(&[
+            "authentication dependency unavailable; answering 503",
+            "dependency=\"token introspection\"",
+        ])
+        .await;
+    let (id, secret) = api.iss.client();
+    let credentials = basic(id, secret);
+    let mut secrets: Vec<(&str, &str)> = tokens.iter().map(|t| ("a token", t.as_str())).collect();
+    secrets.push(("the introspection client secret", secret));
+    secrets.push((
+        "the introspection client's Basic credentials",
+        credentials.trim_start_matches("Basic "),
+    ));
+    api.gw.assert_never_logged(&secrets);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -565,3 +565,203 @@ async fn an_idle_session_is_refused_by_the_gateway_and_its_cookie_cleared() {
         "an expired session reached the app"
     );
 }
+
+/// What an attacker (or a misconfigured proxy the gateway does not trust) sends to make the
+/// gateway believe it is served as `https://evil.example`.
+const SPOOFED_ORIGIN: [(&str, &str); 4] = [
+    ("host", "evil.example"),
+    ("x-forwarded-host", "evil.example"),
+    ("x-forwarded-proto", "https"),
+    ("forwarded", "host=evil.example;proto=https"),
+];
+
+/// Every `Set-Cookie` of `reply` must be the plain-http cookie of the configured public URL:
+/// no `Secure`, no `__Host-`/`__Secure-` prefix, no `Domain` (least of all evil.example).
+fn assert_http_cookies(reply: &Reply, step: &str) {
+    let set: Vec<String> = reply
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(!set.is_empty(), "{step}: no cookie was set");
+    for cookie in &set {
+        let lower = cookie.to_ascii_lowercase();
+        let attributes: Vec<&str> = lower.split(';').skip(1).map(str::trim).collect();
+        assert!(
+            !attributes.contains(&"secure"),
+            "{step}: a spoofed X-Forwarded-Proto made the cookie Secure: {cookie}"
+        );
+        assert!(
+            !cookie.starts_with("__Host-") && !cookie.starts_with("__Secure-"),
+            "{step}: a spoofed X-Forwarded-Proto gave the cookie an https-only prefix: {cookie}"
+        );
+        assert!(
+            !attributes.iter().any(|a| a.starts_with("domain")),
+            "{step}: {cookie}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_spoofed_host_or_forwarded_origin_never_steers_redirects_or_cookie_flags() {
+    // Rule 27 (oauth2-proxy CVE-2026-40575, Traefik CVE-2026-35051): the world's public URL is
+    // http://127.0.0.1:<port> and no proxy is trusted, so every `redirect_uri`, redirect and
+    // cookie attribute comes from that URL, whatever the request says its origin is.
+    let world = World::start("").await;
+    let callback_uri = world.gw.url("/oauth2/callback");
+    assert_eq!(world.provider.gateway_redirect_uri(), callback_uri);
+    let mut browser = world.browser();
+
+    // A person opening a deep link: sent to the provider with our own callback.
+    let start = browser
+        .get_with(&world.gw.url("/app/page?x=1"), &SPOOFED_ORIGIN)
+        .await;
+    let to_provider = location(&start);
+    assert!(
+        to_provider.starts_with(world.provider.issuer()),
+        "{to_provider}"
+    );
+    assert_eq!(
+        query_param(&to_provider, "redirect_uri").as_deref(),
+        Some(callback_uri.as_str()),
+        "the provider was told to send the code elsewhere: {to_provider}"
+    );
+    assert!(!to_provider.contains("evil.example"), "{to_provider}");
+    assert_http_cookies(&start, "login cookie");
+
+    // Back from the provider (the callback carries the same spoofed origin): the session
+    // starts and the person lands on the deep link, on our origin.
+    let callback = sign_in_at_provider(&world, &mut browser, &to_provider, "alice").await;
+    let landed = browser.get_with(&callback, &SPOOFED_ORIGIN).await;
+    assert_eq!(location(&landed), "/app/page?x=1");
+    assert_http_cookies(&landed, "session cookie");
+    assert_eq!(browser.get(&world.gw.url("/app/page")).await.status, 200);
+
+    // An `rd` naming the spoofed origin is not "our own origin": the login returns to `/`.
+    let mut other = world.browser();
+    let start = other
+        .get_with(
+            &world
+                .gw
+                .url("/oauth2/start?rd=http%3A%2F%2Fevil.example%2Fphish"),
+            &SPOOFED_ORIGIN,
+        )
+        .await;
+    let to_provider = location(&start);
+    assert_eq!(
+        query_param(&to_provider, "redirect_uri").as_deref(),
+        Some(callback_uri.as_str())
+    );
+    let callback = sign_in_at_provider(&world, &mut other, &to_provider, "bob").await;
+    let landed = other.get_with(&callback, &SPOOFED_ORIGIN).await;
+    assert_eq!(
+        location(&landed),
+        "/",
+        "the spoofed Host made http://evil.example an allowed return target"
+    );
+
+    // Sign-out: the provider is asked to send the person back to our public URL.
+    let out = browser
+        .get_with(
+            &world
+                .gw
+                .url("/oauth2/sign_out?rd=http%3A%2F%2Fevil.example%2Fbye"),
+            &SPOOFED_ORIGIN,
+        )
+        .await;
+    let to = location(&out);
+    assert!(
+        to.starts_with(&format!("{}/end_session", world.provider.issuer())),
+        "{to}"
+    );
+    assert_eq!(
+        query_param(&to, "post_logout_redirect_uri").as_deref(),
+        Some(world.gw.url("/").as_str()),
+        "{to}"
+    );
+    assert!(!to.contains("evil.example"), "{to}");
+    assert_eq!(
+        browser.get(&world.gw.url("/oauth2/userinfo")).await.status,
+        401
+    );
+
+    // A script's 401 names the login path on our origin only.
+    let api = send(
+        Request::get(world.gw.url("/api/orders"))
+            .header("accept", "application/json")
+            .header("host", "evil.example")
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-proto", "https")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(api.status, 401);
+    assert_eq!(api.json()["login_url"], "/oauth2/start");
+    assert!(
+        !format!("{:?}", api.headers).contains("evil.example"),
+        "{:?}",
+        api.headers
+    );
+}
+
+#[tokio::test]
+async fn a_health_checker_user_agent_never_skips_login() {
+    // Rule 28 (oauth2-proxy CVE-2026-34457): load balancers' and orchestrators' probes are
+    // answered on the exact health paths only; their User-Agent opens nothing else.
+    let world = World::start("").await;
+    for agent in [
+        "kube-probe/1.29",
+        "GoogleHC/1.0",
+        "ELB-HealthChecker/2.0",
+        "Consul Health Check",
+        "Envoy/HC",
+        "Go-http-client/1.1",
+    ] {
+        let script = send(
+            Request::get(world.gw.url("/admin/report"))
+                .header("user-agent", agent)
+                .header("accept", "application/json")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(script.status, 401, "{agent}: {}", script.text());
+        assert_eq!(script.json()["login_url"], "/oauth2/start", "{agent}");
+
+        let navigation = send(
+            Request::get(world.gw.url("/admin/report"))
+                .header("user-agent", agent)
+                .header("accept", "text/html,application/xhtml+xml")
+                .header("sec-fetch-mode", "navigate")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        let to = location(&navigation);
+        assert_eq!(navigation.status, 302, "{agent}");
+        assert!(to.starts_with(world.provider.issuer()), "{agent}: {to}");
+
+        // The probe's own path still answers it, from the gateway itself.
+        let health = send(
+            Request::get(world.gw.url("/healthz"))
+                .header("user-agent", agent)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(health.status, 200, "{agent}");
+    }
+    assert_eq!(
+        world.app.count(),
+        0,
+        "a health checker's User-Agent reached the app without a login: {:?}",
+        world
+            .app
+            .seen()
+            .iter()
+            .map(|s| &s.target)
+            .collect::<Vec<_>>()
+    );
+}

@@ -9,7 +9,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::support::redis::RedisServer;
-use crate::support::world::{Browser, World, absolute, callback_reply, location, login};
+use crate::support::world::{
+    Browser, SESSION_SECRET, World, absolute, callback_reply, location, login,
+};
 use crate::support::{Reply, get_with};
 
 /// Tokens live 8 s and sessions refresh when one has at most 4 s left, so a refresh falls due
@@ -113,9 +115,10 @@ async fn a_provider_outage_during_refresh_uses_the_old_token_then_503_and_recove
     let (world, browser) = signed_in().await;
     let cookie = world.cookie_header(&browser);
     assert_eq!(api(&world, &cookie).await.status, 200);
+    let old_token = token_seen(&world);
     // Time the steps against the token's own `exp` (whole seconds), not against the login,
     // which a busy machine can slow down.
-    let exp = expiry_of(&token_seen(&world));
+    let exp = expiry_of(&old_token);
     world.provider.set_token_endpoint_down(true);
     // Due (≤ 4 s left) but not expired: the refresh fails, the old token still serves.
     sleep_until(exp as f64 - 2.0).await;
@@ -126,12 +129,52 @@ async fn a_provider_outage_during_refresh_uses_the_old_token_then_503_and_recove
     let down = api(&world, &cookie).await;
     assert_eq!(down.status, 503, "{}", down.text());
     assert!(down.headers.contains_key("retry-after"));
+    // Rule 23: the operator reads which dependency failed (the provider's token endpoint, for
+    // whose session) and that callers get 503 because of it.
+    let token_endpoint = format!("{}/token", world.provider.issuer());
+    world
+        .gw
+        .expect_warn(&["token refresh failed", &token_endpoint, "user=alice"])
+        .await;
+    world
+        .gw
+        .expect_warn(&[
+            "authentication dependency unavailable; answering 503",
+            "dependency=\"token refresh\"",
+        ])
+        .await;
     // Back: the same session refreshes and works, no new login (after the 2 s pause the
     // gateway keeps between attempts for one refresh token).
     world.provider.set_token_endpoint_down(false);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let back = api(&world, &cookie).await;
     assert_eq!(back.status, 200, "{}", back.text());
+    // Nothing that opens the session or the provider is in the log: access and refresh
+    // tokens (old and new), the client secret, the session cookie and its key.
+    let new_token = token_seen(&world);
+    assert_ne!(new_token, old_token);
+    let refresh_tokens = world.provider.refresh_tokens_of("alice");
+    assert!(!refresh_tokens.is_empty());
+    let mut secrets = vec![
+        ("the old access token", old_token.as_str()),
+        ("the new access token", new_token.as_str()),
+        (
+            "the client secret",
+            world.provider.gateway_client_secret().expose().as_str(),
+        ),
+        ("the session secret", SESSION_SECRET),
+    ];
+    secrets.extend(
+        refresh_tokens
+            .iter()
+            .map(|t| ("a refresh token", t.as_str())),
+    );
+    secrets.extend(
+        cookie
+            .split("; ")
+            .map(|pair| ("the session cookie", pair.split_once('=').unwrap().1)),
+    );
+    world.gw.assert_never_logged(&secrets);
 }
 
 /// The `exp` of a JWT, unverified (the test only reads what the provider issued).

@@ -23,14 +23,20 @@ struct Chain {
 /// A chain whose API accepts the default audience and whose gateway asks for it with
 /// `client_secret_basic`.
 async fn chain(issuer: &TestIssuer) -> Chain {
+    chain_logging(issuer, "info").await
+}
+
+/// The same, with the gateway in front logging at `level` (`RUST_LOG`).
+async fn chain_logging(issuer: &TestIssuer, level: &str) -> Chain {
     let (id, secret) = issuer.client();
-    chain_with(
+    chain_full(
         issuer,
         issuer::DEFAULT_AUDIENCE,
         &format!(
             "client_id = \"{id}\"\nclient_secret = \"{secret}\"\nresource = \"{aud}\"\n",
             aud = issuer::DEFAULT_AUDIENCE
         ),
+        level,
     )
     .await
 }
@@ -39,6 +45,10 @@ async fn chain(issuer: &TestIssuer) -> Chain {
 /// gets `client` lines (identity, authentication, audience/resource) besides its token
 /// endpoint and scope.
 async fn chain_with(issuer: &TestIssuer, audience: &str, client: &str) -> Chain {
+    chain_full(issuer, audience, client, "info").await
+}
+
+async fn chain_full(issuer: &TestIssuer, audience: &str, client: &str, level: &str) -> Chain {
     let app = Upstream::start().await;
     let api = Gateway::start(&format!(
         "[[bearer.issuers]]\nissuer = \"{iss}\"\njwks_uri = \"{jwks}\"\naudiences = [\"{audience}\"]\n\
@@ -48,12 +58,15 @@ async fn chain_with(issuer: &TestIssuer, audience: &str, client: &str) -> Chain 
         jwks = issuer.jwks_uri(),
         app = app.url(),
     ));
-    let front = Gateway::start(&format!(
-        "[[upstreams]]\nurl = \"{api}\"\n[upstreams.client]\ntoken_endpoint = \"{token}\"\n\
-         scopes = [\"orders:read\"]\n{client}",
-        api = api.url(""),
-        token = issuer.token_endpoint(),
-    ));
+    let front = Gateway::start_with_env(
+        &format!(
+            "[[upstreams]]\nurl = \"{api}\"\n[upstreams.client]\ntoken_endpoint = \"{token}\"\n\
+             scopes = [\"orders:read\"]\n{client}",
+            api = api.url(""),
+            token = issuer.token_endpoint(),
+        ),
+        &[("RUST_LOG", level)],
+    );
     Chain {
         app,
         _api: api,
@@ -74,7 +87,8 @@ async fn call(url: &str) -> Reply {
 #[tokio::test]
 async fn two_hundred_concurrent_requests_share_one_token_request() {
     let issuer = TestIssuer::start().await;
-    let c = chain(&issuer).await;
+    // Debug logging: the level an operator turns on to see the token requests.
+    let c = chain_logging(&issuer, "debug").await;
     let url = c.front.url("/orders");
     let replies = futures_util::future::join_all((0..200).map(|_| call(&url))).await;
     assert!(
@@ -89,7 +103,30 @@ async fn two_hundred_concurrent_requests_share_one_token_request() {
         seen.header("x-forwarded-client-id"),
         Some(issuer::CLIENT_ID)
     );
-    assert!(!c.front.logs().contains("the-callers-own-token"));
+    // Issue 13 point 4: no token and no secret in the log, neither the caller's nor the
+    // gateway's own. The app behind the API received the gateway's token as sent.
+    let sent = seen.header("authorization").unwrap();
+    let own_token = sent.strip_prefix("Bearer ").unwrap();
+    assert!(own_token.starts_with("ey"), "the gateway's JWT: {sent}");
+    let (id, secret) = issuer.client();
+    let credentials = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{id}:{secret}"),
+    );
+    let logs = c
+        .front
+        .wait_for_log("client credentials token obtained")
+        .await;
+    assert!(
+        logs.contains("client credentials token obtained"),
+        "debug logging is not on:\n{logs}"
+    );
+    c.front.assert_never_logged(&[
+        ("the caller's token", "the-callers-own-token"),
+        ("the gateway's own access token", own_token),
+        ("the client secret", secret),
+        ("the client's Basic credentials", &credentials),
+    ]);
 }
 
 #[tokio::test]

@@ -347,3 +347,53 @@ impl Gateway {
         }
     }
 }
+
+impl Gateway {
+    /// Waits (5 s at most) for a `WARN` line containing every one of `needles` and returns
+    /// it; panics with the whole output when none comes. What an operator on call greps for.
+    pub async fn expect_warn(&self, needles: &[&str]) -> String {
+        let find = |logs: &str| {
+            logs.lines()
+                .find(|l| l.contains(" WARN ") && needles.iter().all(|n| l.contains(n)))
+                .map(str::to_owned)
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let logs = self.logs();
+            if let Some(line) = find(&logs) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no WARN line with {needles:?} in the log:\n{logs}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Panics when any `(what, value)` of `secrets` (tokens, client secrets, cookie values)
+    /// appears anywhere in the output: whole, its first 16 characters, or, for a JWT, the
+    /// start of its payload or signature (its header is the same for every token).
+    pub fn assert_never_logged(&self, secrets: &[(&str, &str)]) {
+        let logs = self.logs();
+        for (what, value) in secrets {
+            assert!(value.len() >= 16, "{what} is too short to search for");
+            let probes: Vec<&str> = if value.split('.').count() == 3 {
+                value
+                    .split('.')
+                    .skip(1)
+                    .filter(|s| s.len() >= 16)
+                    .map(|s| &s[..16])
+                    .collect()
+            } else {
+                vec![&value[..16]]
+            };
+            for probe in probes {
+                assert!(
+                    !logs.contains(probe),
+                    "{what} ({probe}…) is in the log:\n{logs}"
+                );
+            }
+        }
+    }
+}

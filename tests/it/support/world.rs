@@ -218,7 +218,23 @@ impl Browser {
         self.request("GET", url, None).await
     }
 
+    /// A navigation to `url` that also sends `headers` (a spoofed `Host`, say). Cookies are
+    /// kept for the address connected to, whatever `Host` claims.
+    pub async fn get_with(&mut self, url: &str, headers: &[(&str, &str)]) -> Reply {
+        self.request_with("GET", url, None, headers).await
+    }
+
     pub async fn request(&mut self, method: &str, url: &str, form: Option<String>) -> Reply {
+        self.request_with(method, url, form, &[]).await
+    }
+
+    async fn request_with(
+        &mut self,
+        method: &str,
+        url: &str,
+        form: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let uri: http::Uri = url.parse().unwrap();
         let host = uri.authority().unwrap().to_string();
         let mut req = Request::builder()
@@ -226,6 +242,9 @@ impl Browser {
             .uri(url)
             .header("accept", "text/html,application/xhtml+xml")
             .header("sec-fetch-mode", "navigate");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         let cookie = self.cookie_header(&host);
         if !cookie.is_empty() {
             req = req.header("cookie", cookie);
