@@ -24,6 +24,18 @@ use crate::support::upstream::Upstream;
 use crate::support::world::{World, location};
 use crate::support::{Gateway, Reply, get_with, send};
 
+/// A gateway trusting `iss` (its JWKS, the default audience) in front of `app`, after the
+/// TOML `before` (another section, or nothing).
+fn one_issuer(before: &str, iss: &TestIssuer, app: &Upstream) -> String {
+    format!(
+        "{before}\n[[bearer.issuers]]\nissuer = \"{}\"\njwks_uri = \"{}\"\naudiences = [\"{DEFAULT_AUDIENCE}\"]\n\n\
+         [[upstreams]]\nurl = \"{}\"\n",
+        iss.issuer(),
+        iss.jwks_uri(),
+        app.url()
+    )
+}
+
 // ---- the setup ---------------------------------------------------------------------------------
 
 /// How a gateway in front of a `TestIssuer` is configured; each field is TOML lines.
@@ -642,13 +654,10 @@ async fn an_algorithm_outside_the_issuers_allow_list_is_refused_even_with_a_publ
 async fn with_pass_authorization_header_a_callers_token_still_reaches_the_app() {
     let iss = TestIssuer::start().await;
     let app = Upstream::start().await;
-    let gw = Gateway::start(&format!(
-        "[headers]\npass_authorization_header = true\n\n\
-         [[bearer.issuers]]\nissuer = \"{}\"\njwks_uri = \"{}\"\naudiences = [\"{DEFAULT_AUDIENCE}\"]\n\n\
-         [[upstreams]]\nurl = \"{}\"\n",
-        iss.issuer(),
-        iss.jwks_uri(),
-        app.url()
+    let gw = Gateway::start(&one_issuer(
+        "[headers]\npass_authorization_header = true\n",
+        &iss,
+        &app,
     ));
     let token = iss.mint(DEFAULT_AUDIENCE).sign();
     let bearer = format!("Bearer {token}");
@@ -1025,16 +1034,7 @@ async fn a_jwks_outage_before_the_keys_loaded_is_503_then_recovers_without_resta
     iss.set_jwks_outage(Outage::Unavailable);
     let app = Upstream::start().await;
     // Debug logging: nothing that level adds may carry a token either.
-    let gw = Gateway::start_with_env(
-        &format!(
-            "[[bearer.issuers]]\nissuer = \"{}\"\njwks_uri = \"{}\"\naudiences = [\"{DEFAULT_AUDIENCE}\"]\n\n\
-             [[upstreams]]\nurl = \"{}\"\n",
-            iss.issuer(),
-            iss.jwks_uri(),
-            app.url()
-        ),
-        &[("RUST_LOG", "debug")],
-    );
+    let gw = Gateway::start_with_env(&one_issuer("", &iss, &app), &[("RUST_LOG", "debug")]);
     let token = iss.mint(DEFAULT_AUDIENCE).sign();
     let stranger = iss.mint(DEFAULT_AUDIENCE).kid("not-yet-known").sign();
     let auth = |t: &str| format!("Bearer {t}");
@@ -1365,16 +1365,7 @@ async fn a_spoofed_client_id_header_is_replaced_by_the_tokens_client() {
 async fn tokens_are_never_written_to_the_log() {
     let iss = TestIssuer::start().await;
     let app = Upstream::start().await;
-    let gw = Gateway::start_with_env(
-        &format!(
-            "[[bearer.issuers]]\nissuer = \"{}\"\njwks_uri = \"{}\"\naudiences = [\"{DEFAULT_AUDIENCE}\"]\n\n\
-             [[upstreams]]\nurl = \"{}\"\n",
-            iss.issuer(),
-            iss.jwks_uri(),
-            app.url()
-        ),
-        &[("RUST_LOG", "debug")],
-    );
+    let gw = Gateway::start_with_env(&one_issuer("", &iss, &app), &[("RUST_LOG", "debug")]);
     let good = iss.mint(DEFAULT_AUDIENCE).sign();
     let bad = iss.mint("api://elsewhere").sign();
     let mut statuses = Vec::new();
