@@ -6,8 +6,8 @@
 //! `X-Forwarded-Method` and `X-Forwarded-Host`, or — Envoy's ext_authz HTTP service, which
 //! sends the original method and appends the original path to its `path_prefix` — by the
 //! check's own method and the path below `/oauth2/auth/`. Either is believed only from
-//! `[server] trusted_proxies` (rule 27); a repeated header is refused (rule 35). Its path is normalised like any request's
-//! (rule 21) before a route policy is looked up. The gateway's own steps (authenticate,
+//! `[server] trusted_proxies` (rule 27); a repeated header is refused (rule 35). Its path is
+//! normalised like any request's (rule 21) before a route policy is looked up. The gateway's own steps (authenticate,
 //! authorize) run in `gateway.rs`; this module reads the description and shapes the answers.
 
 use http::header::WWW_AUTHENTICATE;

@@ -586,12 +586,12 @@ impl Login {
         }
     }
 
-    /// Where a person starts a login: named to scripts that get a 401.
     /// The login asks for scope `openid`: an OpenID Connect login, which has an ID token.
     fn openid_scope(&self) -> bool {
         self.provider.config().scopes.iter().any(|s| s == "openid")
     }
 
+    /// Where a person starts a login: named to scripts that get a 401.
     pub fn login_url(&self) -> String {
         format!("{}/start", self.prefix)
     }
