@@ -30,6 +30,7 @@ impl GatewayError {
             Self::Rejected(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::Proxy(ProxyError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Proxy(ProxyError::BodyStalled) => StatusCode::REQUEST_TIMEOUT,
             Self::Proxy(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -40,7 +41,10 @@ impl GatewayError {
 /// which the client never sees.
 pub fn response(err: &GatewayError, ctx: &RequestCtx) -> Response<Body> {
     let status = err.status();
-    if let GatewayError::Proxy(proxy) = err {
+    if let GatewayError::Proxy(ProxyError::BodyStalled) = err {
+        // The client's doing, not the upstream's.
+        tracing::info!(request_id = ?ctx.request_id, "request body stopped arriving; answered 408");
+    } else if let GatewayError::Proxy(proxy) = err {
         tracing::warn!(
             request_id = ?ctx.request_id,
             error = %proxy,
@@ -53,6 +57,9 @@ pub fn response(err: &GatewayError, ctx: &RequestCtx) -> Response<Body> {
         GatewayError::NoRoute => "no upstream serves this path".to_owned(),
         GatewayError::Proxy(ProxyError::Timeout { .. }) => {
             "the upstream did not answer in time".to_owned()
+        }
+        GatewayError::Proxy(ProxyError::BodyStalled) => {
+            "the request body stopped arriving".to_owned()
         }
         GatewayError::Proxy(_) => "the upstream could not be reached".to_owned(),
     };

@@ -357,6 +357,10 @@ pub struct ServerConfig {
     /// accept (or the previous response) to a complete request head; enforced at most
     /// `timer::tick_for` late (server/timer.rs).
     pub header_read_timeout: Duration,
+    /// `[server] body_read_timeout`, default 60 s (nginx's `client_body_timeout`): the longest
+    /// pause inside a request body on its way upstream before the request is answered 408
+    /// and the upstream's request abandoned (a slow POST holds no upstream for ever).
+    pub body_read_timeout: Duration,
     /// `[server] max_header_bytes`, default 32 KiB: request line + headers.
     pub max_header_bytes: usize,
     /// `[server] max_headers`, default 100.

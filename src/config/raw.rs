@@ -81,6 +81,7 @@ pub struct RawServer {
     pub proxy_prefix: Option<String>,
     pub shutdown_timeout: Option<String>,
     pub header_read_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
     pub max_header_bytes: Option<i64>,
     pub max_headers: Option<i64>,
     pub http2: Option<bool>,

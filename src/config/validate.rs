@@ -539,6 +539,14 @@ impl Ctx<'_> {
             raw.header_read_timeout,
             Duration::from_secs(10),
         );
+        let body_read_timeout = self.duration(
+            &p.key("body_read_timeout"),
+            raw.body_read_timeout,
+            Duration::from_secs(60),
+        );
+        if body_read_timeout.is_zero() {
+            self.problem(&p.key("body_read_timeout"), "must be more than 0s");
+        }
         let max_header_bytes = self.int_in(
             &p.key("max_header_bytes"),
             raw.max_header_bytes,
@@ -573,6 +581,7 @@ impl Ctx<'_> {
             proxy_prefix,
             shutdown_timeout,
             header_read_timeout,
+            body_read_timeout,
             max_header_bytes,
             max_headers,
             http2: raw.http2.unwrap_or(true),
@@ -2388,6 +2397,7 @@ pub fn render_effective(config: &Config) -> String {
     server["proxy_prefix"] = value(s.proxy_prefix.as_str());
     server["shutdown_timeout"] = value(format_duration(s.shutdown_timeout));
     server["header_read_timeout"] = value(format_duration(s.header_read_timeout));
+    server["body_read_timeout"] = value(format_duration(s.body_read_timeout));
     server["max_header_bytes"] = value(i64::try_from(s.max_header_bytes).unwrap_or(i64::MAX));
     server["max_headers"] = value(i64::try_from(s.max_headers).unwrap_or(i64::MAX));
     server["http2"] = value(s.http2);

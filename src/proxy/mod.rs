@@ -52,6 +52,8 @@ pub enum ProxyError {
     },
     #[error("upstream URL cannot carry this request")]
     BadUri(#[from] http::Error),
+    #[error("the client's request body stopped arriving")]
+    BodyStalled,
 }
 
 /// Why the upstream clients could not be built at start.
@@ -107,6 +109,8 @@ struct Upstream {
 pub struct Proxy {
     upstreams: Vec<Upstream>,
     headers: HeaderRules,
+    /// `[server] body_read_timeout`.
+    body_read_timeout: Duration,
 }
 
 impl Proxy {
@@ -120,6 +124,7 @@ impl Proxy {
         Ok(Self {
             upstreams,
             headers: HeaderRules::new(config),
+            body_read_timeout: config.server.body_read_timeout,
         })
     }
 
@@ -227,7 +232,7 @@ impl Proxy {
         parts.uri = upstream.uri(&ctx.path, &parts.uri)?;
         // The upstream leg is always HTTP/1.1, whatever the client spoke to us.
         parts.version = Version::HTTP_11;
-        let (body, all_sent) = sent::watch(body);
+        let (body, all_sent) = sent::watch(body, self.body_read_timeout);
         Ok(Prepared::Send((
             upstream,
             Request::from_parts(parts, body),
@@ -421,6 +426,9 @@ impl Upstream {
     }
 
     fn failed(&self, source: hyper::Error) -> ProxyError {
+        if sent::stalled(&source) {
+            return ProxyError::BodyStalled;
+        }
         ProxyError::Upstream {
             upstream: self.name.to_string(),
             source,

@@ -527,6 +527,39 @@ async fn an_upload_slower_than_the_response_timeout_is_not_cut_off() {
     assert_eq!(up.last().body_len, 50);
 }
 
+/// A client that stops sending its body (slow POST, "R-U-Dead-Yet"): after
+/// `body_read_timeout` of silence it gets 408, and the upstream's half-sent request is
+/// abandoned instead of tying the app up for as long as the client likes.
+#[tokio::test]
+async fn a_request_body_that_stops_arriving_gets_408_and_frees_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        "[server]\nbody_read_timeout = \"1s\"\n\n[[upstreams]]\nurl = \"{}\"\n",
+        up.url()
+    ));
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n")
+        .await
+        .unwrap();
+    // Then nothing: the answer comes without the rest of the body.
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("no answer to a stalled body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("x-request-id"), "{answer}");
+    assert_eq!(
+        up.count(),
+        0,
+        "the app recorded a request whose body never came"
+    );
+}
+
 #[tokio::test]
 async fn a_callers_request_id_is_propagated_and_one_is_made_when_missing() {
     let up = Upstream::start().await;
