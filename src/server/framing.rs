@@ -43,11 +43,6 @@ enum State {
     /// Inside a body of known length: this many bytes to go.
     Body(u64),
     Chunked(Chunk),
-    /// A request asked to switch protocols: until its answer is written, what follows may not
-    /// be HTTP/1 at all.
-    AwaitingAnswer {
-        connect: bool,
-    },
     /// Not following any more (see the module doc).
     Off,
 }
@@ -71,13 +66,22 @@ enum Chunk {
 
 /// What a complete head means for the bytes after it.
 enum Verdict {
-    Next(State),
+    /// Where the bytes after the head are; `switch` when the request asked to switch protocols
+    /// (`Some(true)` for CONNECT).
+    Next {
+        state: State,
+        switch: Option<bool>,
+    },
     Refuse(&'static str),
 }
 
 /// One connection's place in the client's byte stream.
 pub struct Tracker {
     state: State,
+    /// A request asked to switch protocols (`Some(true)`: CONNECT) and its answer is not
+    /// written yet. Bytes meanwhile are still followed as HTTP/1: if the answer refuses the
+    /// switch, hyper reads them as requests.
+    awaiting: Option<bool>,
     /// The part of a head that arrived in earlier reads.
     partial: Vec<u8>,
     limits: Limits,
@@ -88,6 +92,7 @@ impl Tracker {
     pub fn new(limits: Limits, peer: SocketAddr) -> Self {
         Self {
             state: State::Head,
+            awaiting: None,
             partial: Vec::new(),
             limits,
             peer,
@@ -101,12 +106,6 @@ impl Tracker {
         while at < data.len() {
             at = match self.state {
                 State::Off => return None,
-                State::AwaitingAnswer { .. } => {
-                    // A client that speaks before the switch is answered: the bytes may belong
-                    // to either protocol, so leave them to hyper.
-                    self.state = State::Off;
-                    return None;
-                }
                 State::Head => match self.head(data, at) {
                     Step::Next(next) => next,
                     Step::Wait => return None,
@@ -169,8 +168,11 @@ impl Tracker {
             }
         };
         match head.verdict {
-            Verdict::Next(state) => {
+            Verdict::Next { state, switch } => {
                 self.state = state;
+                if switch.is_some() {
+                    self.awaiting = switch;
+                }
                 Step::Next(end)
             }
             Verdict::Refuse(reason) => {
@@ -325,38 +327,40 @@ fn verdict(req: &httparse::Request<'_, '_>) -> Verdict {
         return Verdict::Refuse("a raw '#' in the request target");
     }
     let mut length = None;
+    let mut bad_length = false;
     let mut chunked = false;
     let mut upgrade = false;
     for header in req.headers.iter() {
         if header.name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = true;
         } else if header.name.eq_ignore_ascii_case("content-length") {
-            let Some(n) = std::str::from_utf8(header.value)
+            match std::str::from_utf8(header.value)
                 .ok()
                 .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|v| v.parse::<u64>().ok())
-            else {
-                // hyper refuses it with 400 itself.
-                return Verdict::Next(State::Off);
-            };
-            length = Some(n);
+            {
+                Some(n) => length = Some(n),
+                None => bad_length = true,
+            }
         } else if header.name.eq_ignore_ascii_case("upgrade") {
             upgrade = true;
         }
     }
-    // Rule 19: two framings for one body is how one request hides another.
-    if chunked && length.is_some() {
+    // Rule 19: two framings for one body is how one request hides another. hyper does not
+    // even look at a Content-Length after a Transfer-Encoding, so a malformed one counts too.
+    if chunked && (length.is_some() || bad_length) {
         return Verdict::Refuse("both Content-Length and Transfer-Encoding");
     }
-    let connect = req.method == Some("CONNECT");
-    if connect || (upgrade && req.version == Some(1)) {
-        return Verdict::Next(State::AwaitingAnswer { connect });
-    }
-    Verdict::Next(match length {
+    let state = match length {
+        // hyper refuses a malformed length with 400 and closes.
+        _ if bad_length => State::Off,
         _ if chunked => State::Chunked(Chunk::Start),
         Some(n) if n > 0 => State::Body(n),
         _ => State::Head,
-    })
+    };
+    let connect = req.method == Some("CONNECT");
+    let switch = (connect || (upgrade && req.version == Some(1))).then_some(connect);
+    Verdict::Next { state, switch }
 }
 
 impl Tracker {
@@ -384,7 +388,7 @@ impl Tracker {
     /// Before the gateway writes `bufs`: the answer to a protocol switch says whether HTTP/1
     /// goes on.
     pub fn before_write(&mut self, bufs: &[io::IoSlice<'_>]) {
-        if let State::AwaitingAnswer { .. } = self.state
+        if self.awaiting.is_some()
             && let Some(first) = bufs.iter().find(|b| !b.is_empty())
         {
             self.answer(first);
@@ -392,17 +396,20 @@ impl Tracker {
     }
 
     fn answer(&mut self, head: &[u8]) {
-        let State::AwaitingAnswer { connect } = self.state else {
+        let Some(connect) = self.awaiting else {
             return;
         };
-        self.state = match head.get(9..12) {
-            Some(b"101") => State::Off,
+        match head.get(9..12) {
+            // The switch happened: what follows is the other protocol's.
+            Some(b"101") => self.state = State::Off,
+            Some([b'2', ..]) if connect => self.state = State::Off,
             // `100 Continue`: the real answer is still to come.
             Some([b'1', ..]) => return,
-            Some([b'2', ..]) if connect => State::Off,
-            Some(_) => State::Head,
-            None => State::Off,
-        };
+            // Refused: HTTP/1 goes on, and has been followed all along.
+            Some(_) => {}
+            None => self.state = State::Off,
+        }
+        self.awaiting = None;
     }
 }
 
@@ -479,7 +486,12 @@ mod tests {
 
     #[test]
     fn both_framings_are_refused_in_either_order_and_however_the_bytes_arrive() {
-        for stream in [SMUGGLE_CL_TE, SMUGGLE_TE_CL] {
+        // hyper skips a Content-Length after a Transfer-Encoding unread, malformed or not.
+        let malformed: [&[u8]; 2] = [
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4, 4\r\n\r\n0\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: abc\r\n\r\n0\r\n\r\n",
+        ];
+        for stream in [SMUGGLE_CL_TE, SMUGGLE_TE_CL, malformed[0], malformed[1]] {
             for size in SIZES {
                 assert_refused(stream, 0, size);
             }
@@ -586,6 +598,17 @@ mod tests {
             }
             let after = follow(&mut t, SMUGGLE_CL_TE, 8);
             assert_eq!(after == SMUGGLE_CL_TE, switched, "{answers:?}");
+        }
+    }
+
+    /// Bytes sent right behind a request to switch, before its answer: if the switch is
+    /// refused hyper reads them as requests, so they are checked like any.
+    #[test]
+    fn requests_pipelined_behind_a_switch_request_are_checked() {
+        let upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n";
+        let stream = [upgrade.as_slice(), SMUGGLE_CL_TE].concat();
+        for size in SIZES {
+            assert_refused(&stream, upgrade.len(), size);
         }
     }
 

@@ -265,7 +265,7 @@ impl Worker {
             tls,
             handshake_timeout: config.server.header_read_timeout,
             framing: framing::Limits {
-                max_head_bytes: head_buffer(&config.server),
+                max_head_bytes: read_buffer(&config.server),
                 max_headers: config.server.max_headers,
             },
             balancer: balancer.clone(),
@@ -437,23 +437,24 @@ fn reuseport_listener(addr: SocketAddr) -> Result<std::net::TcpListener, ServeEr
     listener.into_std().map_err(bind_err)
 }
 
-/// hyper's read buffer bounds the request head; the exact byte count is checked again in the
-/// gateway so the limit is what the config says, not hyper's rounding.
-fn head_buffer(server: &crate::config::ServerConfig) -> usize {
-    server.max_header_bytes.max(8192) + 1024
+/// hyper's read buffer, which bounds the request head (and what the framing check holds of
+/// one); the exact byte count is checked again in the gateway so the limit is what the config
+/// says, not hyper's rounding.
+fn read_buffer(server: &crate::config::ServerConfig) -> usize {
+    (server.max_header_bytes.max(8192) + 1024).max(64 * 1024)
 }
 
 /// One HTTP builder for every connection: the limits of rule 20 live here.
 fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let server = &config.server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    let buf = head_buffer(server);
+    let buf = read_buffer(server);
     builder
         .http1()
         .timer(CoarseTimer)
         .header_read_timeout(server.header_read_timeout)
         .max_headers(server.max_headers)
-        .max_buf_size(buf.max(64 * 1024));
+        .max_buf_size(buf);
     builder
         .http2()
         .timer(TokioTimer::new())
