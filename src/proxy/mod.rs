@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use self::headers::{ForwardInfo, HeaderRules};
-use self::sent::{AllSent, Outgoing};
+use self::sent::{Outgoing, Watch};
 use crate::body::Body;
 use crate::config::{Config, UpstreamConfig};
 use crate::context::{ConnInfo, RequestCtx};
@@ -155,37 +155,25 @@ impl Proxy {
     ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + 'a {
         let prepared = self.prepare(index, req, &client_host, ctx, edit);
         async move {
-            let (upstream, req, all_sent, client_upgrade) = match prepared? {
+            let (upstream, req, watch, client_upgrade) = match prepared? {
                 Prepared::Send(parts) => parts,
                 Prepared::Answer(response) => return Ok(response),
             };
             let sent = Instant::now();
+            let limit = upstream.response_timeout;
             let exchange = upstream.send(req, sent);
-            let result = match all_sent {
-                None => tokio::time::timeout(upstream.response_timeout, exchange).await,
-                // The timeout counts from the end of the request body; an answer that comes
-                // earlier (413, 401) is taken as it comes.
-                Some(all_sent) => {
-                    let mut exchange = std::pin::pin!(exchange);
-                    tokio::select! {
-                        biased;
-                        answered = &mut exchange => Ok(answered),
-                        _ = all_sent => {
-                            tokio::time::timeout(upstream.response_timeout, exchange).await
-                        }
-                    }
-                }
+            let answered = match watch {
+                None => tokio::time::timeout(limit, exchange).await.ok(),
+                Some(watch) => Box::pin(answered_after_body(exchange, watch, limit)).await,
             };
             ctx.upstream_latency = Some(sent.elapsed());
-            let resp = match result {
-                Err(_) => {
-                    return Err(ProxyError::Timeout {
-                        upstream: upstream.name.to_string(),
-                        timeout: upstream.response_timeout,
-                    });
-                }
-                Ok(result) => result?,
+            let Some(result) = answered else {
+                return Err(ProxyError::Timeout {
+                    upstream: upstream.name.to_string(),
+                    timeout: limit,
+                });
             };
+            let resp = result?;
             Ok(finish(resp, client_upgrade, &ctx.conn))
         }
     }
@@ -242,13 +230,41 @@ impl Proxy {
     }
 }
 
+/// The answer to a request with a body, `None` past `limit`: counted from the end of the body
+/// (an answer that comes earlier, 413 or 401, is taken as it comes), or from the moment the
+/// upstream stopped taking a body it had been given (a hung app; the client's own pauses are
+/// `body_read_timeout`'s business).
+async fn answered_after_body<F: Future>(
+    exchange: F,
+    watch: Watch,
+    limit: Duration,
+) -> Option<F::Output> {
+    let Watch {
+        mut all_sent,
+        progress,
+    } = watch;
+    let mut exchange = std::pin::pin!(exchange);
+    loop {
+        let wait = limit.saturating_sub(progress.stalled_upstream());
+        if wait.is_zero() {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            answered = &mut exchange => return Some(answered),
+            _ = &mut all_sent => return tokio::time::timeout(limit, exchange).await.ok(),
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
 /// What [`Proxy::prepare`] made of a request: an exchange with an upstream, or an answer.
 enum Prepared<'a> {
     Send(
         (
             &'a Upstream,
             Request<Outgoing>,
-            Option<AllSent>,
+            Option<Watch>,
             Option<OnUpgrade>,
         ),
     ),

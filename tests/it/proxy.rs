@@ -527,6 +527,50 @@ async fn an_upload_slower_than_the_response_timeout_is_not_cut_off() {
     assert_eq!(up.last().body_len, 50);
 }
 
+/// An upstream that stops taking the request body (a hung app, its TCP window full) while
+/// the client would go on sending: 504 after `response_timeout` without progress, not a
+/// request held for as long as the client keeps trying.
+#[tokio::test]
+async fn an_upstream_that_stops_reading_the_body_gets_504() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // Accepts and never reads: the gateway's writes fill the socket buffers and stop.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            held.push(socket);
+        }
+    });
+    let gw = Gateway::start(&format!(
+        "[[upstreams]]\nurl = \"http://{hung_addr}\"\nresponse_timeout = \"1s\"\n"
+    ));
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        let head = b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 67108864\r\n\r\n";
+        if writer.write_all(head).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..1024 {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(15), reader.read(&mut answer))
+        .await
+        .expect("no answer while the upstream took nothing")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    sender.abort();
+    holder.abort();
+}
+
 /// A client that stops sending its body (slow POST, "R-U-Dead-Yet"): after
 /// `body_read_timeout` of silence it gets 408, and the upstream's half-sent request is
 /// abandoned instead of tying the app up for as long as the client likes.
