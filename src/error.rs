@@ -133,6 +133,10 @@ mod tests {
             ),
             StatusCode::GATEWAY_TIMEOUT
         );
+        assert_eq!(
+            status(ProxyError::BodyStalled.into()),
+            StatusCode::REQUEST_TIMEOUT
+        );
         let bad_uri = http::Uri::builder().scheme("\0").build().unwrap_err();
         assert_eq!(
             status(ProxyError::BadUri(bad_uri).into()),

@@ -785,19 +785,12 @@ impl Ctx<'_> {
                 identity.push(set.clone());
             }
         }
-        // With `pass_authorization_header` the gateway sets `Authorization` too, and an app
-        // told so may take it as proof of a login: a client's own must not reach it, public
-        // routes included. (A bearer caller's token is set again from its identity.)
-        let pass_authorization_header = raw.pass_authorization_header.unwrap_or(false);
-        if pass_authorization_header && !identity.contains(&http::header::AUTHORIZATION) {
-            identity.push(http::header::AUTHORIZATION);
-        }
         HeadersConfig {
             identity,
             allow_underscores: raw.allow_underscores.unwrap_or(false),
             names,
             pass_access_token: raw.pass_access_token.unwrap_or(false),
-            pass_authorization_header,
+            pass_authorization_header: raw.pass_authorization_header.unwrap_or(false),
         }
     }
 

@@ -90,9 +90,6 @@ const STORE: &str = "session store";
 /// Longest a replica holds a session's refresh lock (the grant's timeouts are shorter); a
 /// replica that dies holding it delays the others this long at most.
 const REFRESH_LOCK_TTL: Duration = Duration::from_secs(15);
-/// How long a logout token's `jti` stays used: as long as the token could be accepted (its
-/// `iat` may be this old), with room for clocks apart.
-const JTI_MEMORY: Duration = Duration::from_secs(crate::oidc::logout_token::MAX_AGE_SECS + 300);
 
 impl Login {
     pub fn new(
@@ -651,7 +648,11 @@ impl Login {
             Err(LogoutRejected::Invalid(why)) => return bad(why),
         };
         // Single use, checked before anything is recorded: with Redis across every replica.
-        match self.store.use_once(&logout.jti, JTI_MEMORY).await {
+        match self
+            .store
+            .use_once(&logout.jti, crate::oidc::logout_token::JTI_MEMORY)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => return bad("logout_token was already used"),
             Err(err) => {
@@ -672,7 +673,10 @@ impl Login {
             tracing::warn!(error = %err, "back-channel logout could not end the stored sessions");
             // The provider's retry of this very token must not be refused as a replay.
             self.logouts.allow_retry(&logout);
-            let _ = self.store.forget_use(&logout.jti).await;
+            if let Err(err) = self.store.forget_use(&logout.jti).await {
+                // Then the retry is refused as a replay until the jti's memory ends.
+                tracing::warn!(error = %err, "a failed logout's jti could not be released");
+            }
             return store_unavailable();
         }
         tracing::info!(

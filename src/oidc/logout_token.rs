@@ -17,6 +17,9 @@ const MAX_BYTES: usize = 16 * 1024;
 /// A logout token older than this (beyond the leeway) is refused: §2.6 item 10 asks for a
 /// reasonable window, and the `jti` memory only has to cover it.
 pub const MAX_AGE_SECS: u64 = 300;
+/// How long a logout token's `jti` stays used: as long as the token could be accepted (its
+/// `iat` may be [`MAX_AGE_SECS`] old), with room for clocks apart.
+pub const JTI_MEMORY: std::time::Duration = std::time::Duration::from_secs(MAX_AGE_SECS + 300);
 
 /// Whose sessions to end.
 #[derive(Debug, Clone, PartialEq, Eq)]

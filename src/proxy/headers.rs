@@ -83,12 +83,18 @@ pub struct HeaderRules {
 
 impl HeaderRules {
     pub fn new(config: &Config) -> Self {
-        let identity_folded = config
+        let mut identity_folded: Vec<Vec<u8>> = config
             .headers
             .identity
             .iter()
             .map(|n| fold(n.as_str()))
             .collect();
+        // With `pass_authorization_header` the gateway sets `Authorization` too, and an app
+        // told so may take it as proof of a login: a client's own must not reach it, public
+        // routes included (rule 17). A bearer caller's token is set again from its identity.
+        if config.headers.pass_authorization_header {
+            identity_folded.push(fold(http::header::AUTHORIZATION.as_str()));
+        }
         Self {
             identity_folded,
             allow_underscores: config.headers.allow_underscores,

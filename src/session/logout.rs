@@ -43,9 +43,7 @@ impl Logouts {
             by_sub: build(),
             jtis: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
-                .time_to_live(Duration::from_secs(
-                    crate::oidc::logout_token::MAX_AGE_SECS + 300,
-                ))
+                .time_to_live(crate::oidc::logout_token::JTI_MEMORY)
                 .build(),
             any: AtomicBool::new(false),
         }

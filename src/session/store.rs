@@ -538,8 +538,6 @@ fn index_keys(session: &Session) -> impl Iterator<Item = String> {
     .flatten()
 }
 
-/// The Redis key of session `id`: a hash, so the key names no live id (a key list is no
-/// cookie list).
 /// Takes a session out of the `sub` and `sid` indexes back-channel logout reads.
 async fn unindex(redis: &Redis, session: &Session) -> Result<(), SessionError> {
     let member = hex_sha256(&session.id);
@@ -551,6 +549,8 @@ async fn unindex(redis: &Redis, session: &Session) -> Result<(), SessionError> {
     Ok(())
 }
 
+/// The Redis key of session `id`: a hash, so the key names no live id (a key list is no
+/// cookie list).
 fn session_key(id: &str) -> String {
     format!("{SESSION_PREFIX}{}", hex_sha256(id))
 }

@@ -168,7 +168,14 @@ async fn a_session_touched_by_a_forward_auth_check_reaches_the_browser_through_n
 /// only a trusted proxy is believed (rule 27).
 #[tokio::test]
 async fn envoy_style_checks_carry_the_original_method_and_path() {
-    let world = World::start_with_server("trusted_proxies = [\"127.0.0.1/32\"]", BEARER).await;
+    // Anyone may POST to /inbox; any other method there needs a login.
+    let world = World::start_with_server(
+        "trusted_proxies = [\"127.0.0.1/32\"]",
+        &format!(
+            "{BEARER}\n[[routes]]\npath_prefix = \"/inbox\"\nmethods = [\"POST\"]\npolicy = \"public\"\n"
+        ),
+    )
+    .await;
     let mut browser = world.browser();
     let (page, _) = login(&world, &mut browser, "/", "alice", &["staff"]).await;
     assert_eq!(page.status, 200);
@@ -187,6 +194,9 @@ async fn envoy_style_checks_carry_the_original_method_and_path() {
     };
     // A public route, asked about with POST: allowed, no identity needed.
     assert_eq!(check("POST", "/public/form?x=1", None).await.status, 202);
+    // The check's own method is the original request's: POST /inbox is public, GET is not.
+    assert_eq!(check("POST", "/inbox/new", None).await.status, 202);
+    assert_eq!(check("GET", "/inbox/new", None).await.status, 401);
     // A protected one: a challenge without a session, the identity with one.
     assert_eq!(check("DELETE", "/reports/7", None).await.status, 401);
     let ok = check("PUT", "/reports/7", Some(&cookie)).await;
