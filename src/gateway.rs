@@ -130,7 +130,8 @@ impl Shared {
         }
     }
 
-    /// The provider's metadata and keys are loaded, or there is no provider.
+    /// The provider's metadata and keys are loaded, or there is no provider: what `/readyz`
+    /// answers.
     pub fn ready(&self) -> bool {
         self.provider.as_ref().is_none_or(|p| p.ready())
     }
@@ -151,6 +152,8 @@ pub struct Gateway {
     router: Router,
     authorizer: Authorizer,
     login: Option<Login>,
+    /// What `/readyz` waits for (also without a login: `[bearer] enabled` uses its keys).
+    provider: Option<Arc<Provider>>,
     bearer: Option<Arc<BearerAuth>>,
     upstream_clients: Arc<UpstreamClients>,
     proxy: Proxy,
@@ -182,6 +185,7 @@ impl Gateway {
             router: Router::new(&config),
             authorizer: Authorizer::new(&config),
             login,
+            provider: shared.provider.clone(),
             bearer: shared.bearer.clone(),
             upstream_clients: shared.upstream_clients.clone(),
             proxy: Proxy::new(&config)?,
@@ -249,7 +253,7 @@ impl Gateway {
             let index = match target {
                 Target::Health => return Ok(endpoints::health(req.method(), true)),
                 Target::Ready => {
-                    let ready = self.login.as_ref().is_none_or(Login::ready);
+                    let ready = self.provider.as_ref().is_none_or(|p| p.ready());
                     return Ok(endpoints::health(req.method(), ready));
                 }
                 Target::Builtin => {

@@ -123,10 +123,6 @@ impl Login {
         }))
     }
 
-    pub fn ready(&self) -> bool {
-        self.provider.ready()
-    }
-
     /// The gateway's own cookies never reach the app (the app's do, untouched).
     pub fn strip_cookies(&self, headers: &mut HeaderMap) {
         self.store.cookies().strip_own_cookies(headers);
