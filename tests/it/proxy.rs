@@ -527,12 +527,27 @@ async fn an_upload_slower_than_the_response_timeout_is_not_cut_off() {
     assert_eq!(up.last().body_len, 50);
 }
 
+/// The first bytes the gateway answers on `conn` (the head of its answer), within `within`.
+async fn first_answer(
+    conn: &mut (impl tokio::io::AsyncRead + Unpin),
+    within: Duration,
+    what: &str,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(within, conn.read(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("no answer {what}"))
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
 /// An upstream that stops taking the request body (a hung app, its TCP window full) while
 /// the client would go on sending: 504 after `response_timeout` without progress, not a
 /// request held for as long as the client keeps trying.
 #[tokio::test]
 async fn an_upstream_that_stops_reading_the_body_gets_504() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     // Accepts and never reads: the gateway's writes fill the socket buffers and stop.
     let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -560,12 +575,12 @@ async fn an_upstream_that_stops_reading_the_body_gets_504() {
             }
         }
     });
-    let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(15), reader.read(&mut answer))
-        .await
-        .expect("no answer while the upstream took nothing")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer[..n]);
+    let answer = first_answer(
+        &mut reader,
+        Duration::from_secs(15),
+        "while the upstream took nothing",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
     sender.abort();
     holder.abort();
@@ -576,7 +591,7 @@ async fn an_upstream_that_stops_reading_the_body_gets_504() {
 /// abandoned instead of tying the app up for as long as the client likes.
 #[tokio::test]
 async fn a_request_body_that_stops_arriving_gets_408_and_frees_the_upstream() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     let up = Upstream::start().await;
     let gw = Gateway::start(&format!(
@@ -589,12 +604,7 @@ async fn a_request_body_that_stops_arriving_gets_408_and_frees_the_upstream() {
         .await
         .unwrap();
     // Then nothing: the answer comes without the rest of the body.
-    let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
-        .await
-        .expect("no answer to a stalled body")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer[..n]);
+    let answer = first_answer(&mut stream, Duration::from_secs(10), "to a stalled body").await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("x-request-id"), "{answer}");
     assert_eq!(
