@@ -30,7 +30,7 @@ THREADS=${THREADS:-2}
 NGINX_WORKERS=${NGINX_WORKERS:-2}
 APACHE_PROCS=${APACHE_PROCS:-4}
 APACHE_THREADS=${APACHE_THREADS:-64}
-ALL_TARGETS="direct nginx nginx-token gateway gateway-session gateway-session-redis gateway-bearer-hot gateway-bearer-10k gateway-bearer-nocache gateway-upstream-token apache-oidc-hot apache-oidc-10k"
+ALL_TARGETS="direct nginx nginx-token hyper-floor gateway gateway-session gateway-session-redis gateway-bearer-hot gateway-bearer-10k gateway-bearer-nocache gateway-upstream-token apache-oidc-hot apache-oidc-10k"
 BASE_TARGETS="base base-session"   # only with BASE_BIN
 BASE_BIN=${BASE_BIN:-}
 if [[ -n $BASE_BIN ]]; then TARGETS=${TARGETS:-$ALL_TARGETS $BASE_TARGETS}; else TARGETS=${TARGETS:-$ALL_TARGETS}; fi
@@ -385,6 +385,10 @@ report() {
             echo "$gw/$ap (this build/BASE_BIN): req/s $(ratio "${MED_RPS[$gw]}" "${MED_RPS[$ap]}"), CPU/req $(ratio "${MED_CPU[$gw]}" "${MED_CPU[$ap]}"), p99 $(ratio "${MED_P99[$gw]}" "${MED_P99[$ap]}")"
         fi
     done
+    # The gateway's own cost: the public route against the bare hyper proxy.
+    if [[ -n ${MED_RPS[gateway]:-} && -n ${MED_RPS[hyper-floor]:-} ]]; then
+        echo "gateway/hyper-floor (the gateway's own work): req/s $(ratio "${MED_RPS[gateway]}" "${MED_RPS[hyper-floor]}"), CPU/req $(ratio "${MED_CPU[gateway]}" "${MED_CPU[hyper-floor]}"), p99 $(ratio "${MED_P99[gateway]}" "${MED_P99[hyper-floor]}")"
+    fi
     # Bearer tokens: the gateway against mod_auth_openidc checking the same tokens.
     for pair in gateway-bearer-hot:apache-oidc-hot gateway-bearer-10k:apache-oidc-10k \
         gateway-bearer-nocache:apache-oidc-10k; do
@@ -497,6 +501,7 @@ main() {
         ((need_gw)) && [[ -z ${GATEHOUSE_BIN:-} ]] && build+=(--bin gatehouse)
         want gateway-session gateway-session-redis base-session && build+=(--example session_cookie)
         ((need_tokens)) && build+=(--example bearer_tokens)
+        want hyper-floor && build+=(--example bare_proxy)
         if ((${#build[@]})); then
             log "cargo build --release --locked ${build[*]}"
             cargo build --release --locked "${build[@]}"
@@ -507,7 +512,9 @@ main() {
 
     TMP=$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-bench.XXXXXX")
     local up_port ng_port gw_port base_port gwb_port gwn_port ap_port gwu_port gwr_port redis_port
-    read -r up_port ng_port gw_port base_port gwb_port gwn_port ap_port gwu_port gwr_port redis_port < <(free_ports 10)
+    local floor_port
+    read -r up_port ng_port gw_port base_port gwb_port gwn_port ap_port gwu_port gwr_port redis_port \
+        floor_port < <(free_ports 11)
 
     # (a) upstream: 2-byte answer, keep-alive.
     nginx_conf upstream "$up_port" "$NGINX_WORKERS" '        location / { return 200 "ok"; }'
@@ -534,6 +541,23 @@ main() {
         wait_http "http://127.0.0.1:$ng_port/" 10 || die "nginx proxy not answering"
         log "nginx 127.0.0.1:$ng_port (pid $ng_pid)"
         want nginx && measure nginx "http://127.0.0.1:$ng_port/" "$ng_pid"
+    fi
+
+    # (b2) the floor: hyper's server and client on tokio, thread-per-core like the gateway, with
+    # none of the gateway's work (examples/bare_proxy.rs). What the gateway costs above it is
+    # the gateway's; what it costs above nginx is the stack's.
+    if want hyper-floor; then
+        local floor_pid exe=$TARGET_DIR/release/examples/bare_proxy
+        [[ -x $exe ]] || die "no $exe (run without SKIP_BUILD=1)"
+        "$exe" "127.0.0.1:$floor_port" "127.0.0.1:$up_port" >"$TMP/hyper-floor.log" 2>&1 &
+        floor_pid=$!
+        CHILD_PIDS+=("$floor_pid")
+        if wait_http "http://127.0.0.1:$floor_port/" 10 "$floor_pid"; then
+            log "hyper-floor 127.0.0.1:$floor_port (pid $floor_pid)"
+            measure hyper-floor "http://127.0.0.1:$floor_port/" "$floor_pid"
+        else
+            SKIPPED+=(hyper-floor)
+        fi
     fi
 
     # (c) the gateway, public route and session cookie; with BASE_BIN, a second gateway binary
