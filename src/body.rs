@@ -7,14 +7,15 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use hyper::body::Incoming;
+
+use crate::proxy::received::Received;
 
 #[derive(Debug)]
 pub enum Body {
     /// A complete body the gateway produced (pages, JSON, health answers); empty when `None`.
     Full(Option<Bytes>),
     /// The upstream's response body, streamed frame by frame with backpressure.
-    Upstream(Incoming),
+    Upstream(Received),
 }
 
 impl Body {
@@ -41,7 +42,7 @@ impl From<Vec<u8>> for Body {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -49,14 +50,14 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Self::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
+            Self::Upstream(received) => Pin::new(received).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Full(data) => data.is_none(),
-            Self::Upstream(incoming) => incoming.is_end_stream(),
+            Self::Upstream(received) => received.is_end_stream(),
         }
     }
 
@@ -64,7 +65,7 @@ impl http_body::Body for Body {
         match self {
             Self::Full(Some(data)) => SizeHint::with_exact(data.len() as u64),
             Self::Full(None) => SizeHint::with_exact(0),
-            Self::Upstream(incoming) => incoming.size_hint(),
+            Self::Upstream(received) => received.size_hint(),
         }
     }
 }

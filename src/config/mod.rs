@@ -460,6 +460,9 @@ pub struct UpstreamConfig {
     /// `response_timeout`, default 60 s: from the end of the request body until the upstream's
     /// response headers → 504.
     pub response_timeout: Duration,
+    /// `read_timeout`, default 60 s (nginx's `proxy_read_timeout`): the longest the upstream
+    /// may go silent in the middle of a response body; then the response is cut off.
+    pub read_timeout: Duration,
     /// `idle_timeout`, default 90 s: how long a pooled keep-alive connection may sit idle.
     pub idle_timeout: Duration,
     /// `tls_ca_file`: PEM bundle trusted instead of the system roots (parsed at validation).

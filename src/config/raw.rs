@@ -136,6 +136,7 @@ pub struct RawUpstream {
     pub preserve_host: Option<bool>,
     pub connect_timeout: Option<String>,
     pub response_timeout: Option<String>,
+    pub read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub tls_ca_file: Option<String>,
     pub tls_client_cert_file: Option<String>,

@@ -882,6 +882,11 @@ impl Ctx<'_> {
             raw.response_timeout,
             Duration::from_secs(60),
         );
+        let read_timeout = self.duration(
+            &p.key("read_timeout"),
+            raw.read_timeout,
+            Duration::from_secs(60),
+        );
         let idle_timeout = self.duration(
             &p.key("idle_timeout"),
             raw.idle_timeout,
@@ -937,6 +942,7 @@ impl Ctx<'_> {
             preserve_host: raw.preserve_host.unwrap_or(true),
             connect_timeout,
             response_timeout,
+            read_timeout,
             idle_timeout,
             tls_ca_file: raw.tls_ca_file.map(PathBuf::from),
             tls_ca_certs,
@@ -2453,6 +2459,7 @@ pub fn render_effective(config: &Config) -> String {
         t["preserve_host"] = value(u.preserve_host);
         t["connect_timeout"] = value(format_duration(u.connect_timeout));
         t["response_timeout"] = value(format_duration(u.response_timeout));
+        t["read_timeout"] = value(format_duration(u.read_timeout));
         t["idle_timeout"] = value(format_duration(u.idle_timeout));
         if let Some(f) = &u.tls_ca_file {
             t["tls_ca_file"] = value(f.display().to_string());
@@ -3226,6 +3233,7 @@ mod tests {
         assert!(u.preserve_host && !u.insecure_skip_verify);
         assert_eq!(u.connect_timeout, Duration::from_secs(5));
         assert_eq!(u.response_timeout, Duration::from_secs(60));
+        assert_eq!(u.read_timeout, Duration::from_secs(60));
         assert_eq!(u.idle_timeout, Duration::from_secs(90));
     }
 

@@ -5,6 +5,7 @@
 //! has run.
 
 pub mod headers;
+pub mod received;
 mod sent;
 
 use std::future::Future;
@@ -28,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use self::headers::{ForwardInfo, HeaderRules};
+use self::received::Received;
 use self::sent::{Outgoing, Watch};
 use crate::body::Body;
 use crate::config::{Config, UpstreamConfig};
@@ -101,6 +103,7 @@ struct Upstream {
     preserve_host: bool,
     connect_timeout: Duration,
     response_timeout: Duration,
+    read_timeout: Duration,
     idle_timeout: Duration,
     idle: IdleList,
 }
@@ -174,7 +177,7 @@ impl Proxy {
                 });
             };
             let resp = result?;
-            Ok(finish(resp, client_upgrade, &ctx.conn))
+            Ok(finish(resp, client_upgrade, &ctx.conn, upstream))
         }
     }
 
@@ -276,6 +279,7 @@ fn finish(
     mut resp: Response<Incoming>,
     client_upgrade: Option<OnUpgrade>,
     conn: &ConnInfo,
+    upstream: &Upstream,
 ) -> Response<Body> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
@@ -294,6 +298,7 @@ fn finish(
     }
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
+    let body = Received::new(body, upstream.read_timeout, upstream.name.clone());
     Response::from_parts(parts, Body::Upstream(body))
 }
 
@@ -375,6 +380,7 @@ impl Upstream {
             preserve_host: config.preserve_host,
             connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
+            read_timeout: config.read_timeout,
             idle_timeout: config.idle_timeout,
             idle: Arc::new(Mutex::new(Vec::new())),
         })

@@ -8,7 +8,7 @@
 mod balance;
 mod framing;
 mod inbound;
-mod timer;
+pub(crate) mod timer;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -271,7 +271,15 @@ impl Worker {
             balancer: balancer.clone(),
             worker: n,
         };
-        tokio::spawn(timer::tick(timer::tick_for(conns.handshake_timeout)));
+        // One ticker serves every coarse deadline of this worker: the header-read deadline and
+        // the upstreams' read timeouts. Ticking for the shortest keeps each at most a quarter
+        // of itself late.
+        let shortest = config
+            .upstreams
+            .iter()
+            .map(|u| u.read_timeout)
+            .fold(conns.handshake_timeout, Duration::min);
+        tokio::spawn(timer::tick(timer::tick_for(shortest)));
         loop {
             tokio::select! {
                 biased;

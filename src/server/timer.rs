@@ -4,7 +4,8 @@
 //! handle clone, a lock of the timer driver to register and another to deregister (~1,500
 //! instructions a request, callgrind). Here a deadline is a slot in its worker's own list,
 //! checked a few times per timeout period by one ticker task: cheap to arm and to drop, and
-//! a slow client is cut off at most one tick late.
+//! a slow client is cut off at most one tick late. The upstream's read timeout in the middle
+//! of a response body (`proxy/received.rs`) is armed and dropped as often, and uses it too.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -119,7 +120,7 @@ struct Slot {
     fired: bool,
 }
 
-/// A header-read deadline. `slot` is (list id, index) once registered with a worker's list.
+/// A coarse deadline. `slot` is (list id, index) once registered with a worker's list.
 struct Deadline {
     deadline: Instant,
     slot: Option<(u64, usize)>,

@@ -495,6 +495,66 @@ async fn slow_upstream_answers_504() {
     assert!(reply.headers.contains_key("x-request-id"));
 }
 
+/// An upstream that sends its headers and part of its body, then nothing (a hung app): after
+/// `read_timeout` of silence the client's connection is closed, so the client sees a cut-off
+/// response instead of waiting for ever; the gateway says so in its log and goes on serving.
+#[tokio::test]
+async fn an_upstream_silent_in_the_middle_of_its_body_is_cut_off_after_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        "[[upstreams]]\nname = \"hangs\"\nurl = \"{}\"\nread_timeout = \"1s\"\n",
+        up.url()
+    ));
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET /stall?bytes=5 HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    // Without the timeout the gateway holds the connection open for as long as the client
+    // waits: this read would never end.
+    tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut answer))
+        .await
+        .expect("the gateway kept a silent upstream's response open")
+        .unwrap();
+    let waited = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("content-length: 105"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert_eq!(
+        body, "xxxxx",
+        "the client got what the upstream sent, and no more"
+    );
+    assert!(waited >= Duration::from_secs(1), "cut off after {waited:?}");
+    let logs = gw.wait_for_log("went silent").await;
+    let line = logs.lines().find(|l| l.contains("went silent"));
+    assert!(line.is_some_and(|l| l.contains("hangs")), "{logs}");
+    assert_eq!(
+        get(&gw.url("/")).await.status,
+        200,
+        "the gateway goes on serving"
+    );
+}
+
+/// `read_timeout` bounds each silence, not the whole response: a body that keeps coming,
+/// slowly, for longer than the timeout arrives whole.
+#[tokio::test]
+async fn a_slow_steady_body_longer_than_read_timeout_arrives_whole() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        "[[upstreams]]\nurl = \"{}\"\nread_timeout = \"2s\"\n",
+        up.url()
+    ));
+    // Eight bytes 300 ms apart: 2.1 s in all, each pause well inside the 2 s timeout.
+    let reply = get(&gw.url("/drip?chunks=8&ms=300")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "xxxxxxxx");
+}
+
 /// `response_timeout` counts from the end of the request body: an upload that takes longer
 /// than it (a large file from a slow client) is not cut off with a 504 while it is sent.
 #[tokio::test]

@@ -2,6 +2,8 @@
 //! answers by path:
 //! - `/slow?ms=N`: waits N ms, then 200;
 //! - `/big?bytes=N`: streams N bytes in 64 KiB chunks;
+//! - `/drip?chunks=N&ms=M`: N bytes `x`, one a chunk, M ms apart;
+//! - `/stall?bytes=N`: promises N + 100 bytes, sends N, then nothing more (and never closes);
 //! - `/upload`: counts the request body as it streams in, answers the count;
 //! - `/ws`: a websocket echo (upgrade);
 //! - `/no-upgrade`: refuses an upgrade with 400;
@@ -171,6 +173,32 @@ async fn answer(mut req: Request<Incoming>, rec: Arc<Mutex<Vec<Seen>>>) -> Respo
             let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
             resp.headers_mut()
                 .insert("content-length", total.to_string().parse().unwrap());
+            resp
+        }
+        "/drip" => {
+            let (chunks, ms) = (query_u64(&req, "chunks"), query_u64(&req, "ms"));
+            rec.lock().unwrap().push(seen);
+            let stream = futures_util::stream::unfold(0, move |sent| async move {
+                if sent == chunks {
+                    return None;
+                }
+                if sent > 0 {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                let frame = Frame::data(Bytes::from_static(b"x"));
+                Some((Ok::<_, Infallible>(frame), sent + 1))
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(stream)))
+        }
+        "/stall" => {
+            let bytes = query_u64(&req, "bytes");
+            rec.lock().unwrap().push(seen);
+            let first = Frame::data(Bytes::from(vec![b'x'; bytes as usize]));
+            let stream = futures_util::stream::once(async move { Ok::<_, Infallible>(first) })
+                .chain(futures_util::stream::pending());
+            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            resp.headers_mut()
+                .insert("content-length", (bytes + 100).to_string().parse().unwrap());
             resp
         }
         "/upload" => {
