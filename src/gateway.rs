@@ -234,6 +234,31 @@ impl Gateway {
         }
     }
 
+    /// A connection ended with `err`. When hyper's parser refused a request and answered it
+    /// itself (400 for a malformed head, and for the framing the accept step refuses, rules
+    /// 19 and 26; 414; 431), no step saw it: it is still logged and counted like every answer,
+    /// so a client's "400" has a line an operator can find. Other endings (a client gone, a
+    /// timeout) answered nothing and stay at debug.
+    pub fn connection_error(
+        &self,
+        peer: std::net::SocketAddr,
+        err: &(dyn std::error::Error + 'static),
+    ) {
+        let status = err
+            .downcast_ref::<hyper::Error>()
+            .and_then(parse_error_status);
+        let Some(status) = status else {
+            tracing::debug!(%peer, error = %err, "connection ended with an error");
+            return;
+        };
+        if self.access_log {
+            telemetry::access_unparsed(peer.ip(), status, &err.to_string());
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.answered(status);
+        }
+    }
+
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn stores the request twice (see handle)"
@@ -516,5 +541,71 @@ fn return_path(ctx: &RequestCtx, uri: &http::Uri) -> String {
     match uri.query() {
         Some(q) => format!("{}?{q}", ctx.path),
         None => ctx.path.clone(),
+    }
+}
+
+/// The status hyper answered a request with when its parser refused it, as hyper decides it
+/// (`role::Server::on_error`): `None` when it answered nothing (an HTTP/2 preface on an HTTP/1
+/// connection, an internal error) or the error is not a parse error. hyper names the kind only
+/// in its message; the tests below hold hyper to the messages this reads.
+fn parse_error_status(err: &hyper::Error) -> Option<StatusCode> {
+    if !err.is_parse() || err.is_parse_status() {
+        return None;
+    }
+    let text = err.to_string();
+    if err.is_parse_too_large() {
+        return Some(if text == "URI too long" {
+            StatusCode::URI_TOO_LONG
+        } else {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        });
+    }
+    if text.contains("HTTP2 preface") || text.starts_with("internal error") {
+        return None;
+    }
+    Some(StatusCode::BAD_REQUEST)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::AsyncWriteExt;
+
+    /// What hyper's HTTP/1 server says when `bytes` arrive: the connection's error.
+    async fn served(bytes: &[u8]) -> hyper::Error {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (_read, mut write) = tokio::io::split(client);
+        write.write_all(bytes).await.unwrap();
+        let service = hyper::service::service_fn(|_req| async {
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        });
+        hyper::server::conn::http1::Builder::new()
+            .max_buf_size(8192)
+            .serve_connection(TokioIo::new(server), service)
+            .await
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn the_status_hyper_answered_is_read_from_its_error() {
+        let malformed = served(b"GET / HTTP/1.1\r\nHost: a\r\nno colon\r\n\r\n").await;
+        assert_eq!(
+            parse_error_status(&malformed),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "a".repeat(9000)
+        );
+        let big = served(big.as_bytes()).await;
+        assert_eq!(
+            parse_error_status(&big),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
+        // An HTTP/2 preface on an HTTP/1 connection is refused without an answer.
+        let h2 = served(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+        assert!(h2.is_parse(), "{h2}");
+        assert_eq!(parse_error_status(&h2), None);
     }
 }

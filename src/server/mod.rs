@@ -361,6 +361,9 @@ impl Conns {
             lifetime: open,
         };
         let gateway = self.gateway.clone();
+        // The connection's own errors: a request hyper refused before the gateway saw it is
+        // still logged and counted.
+        let ended = self.gateway.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             Gateway::handle(gateway.clone(), req, conn.clone())
         });
@@ -381,7 +384,7 @@ impl Conns {
                 let conn = self.graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(err) = conn.await {
-                        tracing::debug!(%peer, error = %err, "connection ended with an error");
+                        ended.connection_error(peer, &*err);
                     }
                 });
             }
@@ -412,7 +415,7 @@ impl Conns {
                         .serve_connection_with_upgrades(io, service)
                         .into_owned();
                     if let Err(err) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, error = %err, "connection ended with an error");
+                        ended.connection_error(peer, &*err);
                     }
                 });
             }

@@ -128,6 +128,16 @@ impl Metrics {
 
     /// A request answered with `status` after `took`; `upstream` when it was forwarded.
     pub fn request(&self, status: StatusCode, took: Duration, upstream: Option<Duration>) {
+        self.answered(status);
+        self.duration.observe(took.as_secs_f64());
+        if let Some(up) = upstream {
+            self.upstream_duration.observe(up.as_secs_f64());
+        }
+    }
+
+    /// One more answer with `status` (and no time to tell: hyper answered a request it could
+    /// not parse).
+    pub fn answered(&self, status: StatusCode) {
         let code = status.as_u16();
         let slot = self.by_code.get(usize::from(code).wrapping_sub(100));
         if let Some(Some(counter)) = slot.map(|slot| {
@@ -138,10 +148,6 @@ impl Metrics {
             })
         }) {
             counter.inc();
-        }
-        self.duration.observe(took.as_secs_f64());
-        if let Some(up) = upstream {
-            self.upstream_duration.observe(up.as_secs_f64());
         }
     }
 

@@ -29,6 +29,25 @@ pub fn init(log: &LogConfig) {
     };
 }
 
+/// The access-log event for a request hyper's parser refused and answered itself (400, 414,
+/// 431) before any step saw it: nothing of it is known but the peer and why. Same target and
+/// fields as [`access`], so one query finds every answer the gateway gave.
+pub fn access_unparsed(peer: std::net::IpAddr, status: StatusCode, reason: &str) {
+    tracing::info!(
+        target: "gatehouse::access",
+        request_id = "-",
+        peer = %peer,
+        method = %"-",
+        path = %"-",
+        route = "unparsed",
+        upstream = "-",
+        user = "-",
+        status = status.as_u16(),
+        reason,
+        "request"
+    );
+}
+
 /// The access-log event for a finished request (its response head is on its way).
 pub fn access(ctx: &RequestCtx, status: StatusCode) {
     let latency_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;

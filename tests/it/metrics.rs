@@ -208,3 +208,62 @@ async fn a_websocket_counts_as_open_until_it_closes() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Requests hyper's parser refuses and answers itself (a malformed head, the ambiguous framing
+/// of rules 19 and 26, a head too large) never reach a step: each still gets an access-log
+/// line and is counted, so a client's 400 or 431 is something an operator can find.
+#[tokio::test]
+async fn requests_the_parser_refuses_are_logged_and_counted() {
+    use std::time::Duration;
+
+    use crate::support::raw_exchange;
+    use crate::support::upstream::Upstream;
+
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n\n[[upstreams]]\nurl = \"{}\"\n",
+        up.url()
+    ));
+    let scrape = format!("http://{}/metrics", metrics_addr(&gw).await);
+    let malformed = b"GET / HTTP/1.1\r\nHost: app\r\nnot a header line\r\n\r\n".to_vec();
+    let smuggled =
+        b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            .to_vec();
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: app\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    )
+    .into_bytes();
+    for (request, status) in [(malformed, 400), (smuggled, 400), (huge, 431)] {
+        let answer = raw_exchange(gw.addr, &request, Duration::from_secs(5)).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+    }
+    assert_eq!(up.count(), 0, "a refused request reached the upstream");
+
+    let logs = gw.wait_for_log("status=431").await;
+    let refused: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("route=\"unparsed\""))
+        .collect();
+    assert_eq!(refused.len(), 3, "one access-log line each:\n{logs}");
+    assert_eq!(
+        refused.iter().filter(|l| l.contains("status=400")).count(),
+        2
+    );
+    assert!(
+        refused.iter().all(|l| l.contains("peer=127.0.0.1")),
+        "{logs}"
+    );
+    let text = get(&scrape).await.text();
+    assert_eq!(
+        sample(&text, "gatehouse_requests_total{code=\"400\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&text, "gatehouse_requests_total{code=\"431\"}"),
+        Some(1.0)
+    );
+}
