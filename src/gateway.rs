@@ -303,6 +303,7 @@ impl Gateway {
             let (policy, bridge) = self.authorizer.route(req.method(), &host, &ctx.path);
             let mut set_cookies = Vec::new();
             let mut credential = UpstreamCredential::Keep;
+            let mut by_token = false;
             let identity = match policy {
                 Policy::Public => None,
                 // Boxed: the authentication future (sessions, tokens, refresh) is over a
@@ -317,6 +318,7 @@ impl Gateway {
                     }
                     Caller::Token { identity, upstream } => {
                         credential = upstream;
+                        by_token = true;
                         Some(identity)
                     }
                     Caller::Anonymous { clear } => {
@@ -330,7 +332,7 @@ impl Gateway {
             // Authorize. A denial is a page (or JSON), never a login loop.
             if let Some(id) = &identity {
                 ctx.user = Some(id.user.clone());
-                if let Some(resp) = self.denial(policy, id, &req) {
+                if let Some(resp) = self.denial(policy, id, &req, by_token) {
                     return Ok(with_cookies(resp, set_cookies));
                 }
             }
@@ -437,14 +439,18 @@ impl Gateway {
         }
     }
 
-    /// The answer when `policy` does not let `id` in, `None` when it does.
+    /// The answer when `policy` does not let `id` in, `None` when it does. A caller that came
+    /// with a token (`by_token`) gets RFC 6750's answers whatever its other headers look like
+    /// (a forward-auth subrequest carries the browser's): a program holding a token is shown
+    /// no page, and a missing scope is always the `insufficient_scope` challenge.
     fn denial(
         &self,
         policy: &Policy,
         id: &Identity,
         req: &Request<Incoming>,
+        by_token: bool,
     ) -> Option<Response<Body>> {
-        let navigation = pages::is_navigation(req.method(), req.headers());
+        let navigation = !by_token && pages::is_navigation(req.method(), req.headers());
         let reason = match self.authorizer.decide(policy, id) {
             Decision::Allow => return None,
             Decision::MissingScopes(scopes) if !navigation => {
@@ -519,11 +525,11 @@ impl Gateway {
             Caller::Session {
                 identity,
                 set_cookies,
-            } => match self.denial(policy, &identity, req) {
+            } => match self.denial(policy, &identity, req, false) {
                 None => forward_auth::allowed(Some(&identity), &self.headers, set_cookies),
                 Some(resp) => with_cookies(forward_auth::denied(resp), set_cookies),
             },
-            Caller::Token { identity, .. } => match self.denial(policy, &identity, req) {
+            Caller::Token { identity, .. } => match self.denial(policy, &identity, req, true) {
                 None => forward_auth::allowed(Some(&identity), &self.headers, Vec::new()),
                 Some(resp) => forward_auth::denied(resp),
             },

@@ -1089,6 +1089,26 @@ async fn a_token_without_the_route_scope_gets_403_insufficient_scope() {
     );
     assert_eq!(param(&c, "scope").as_deref(), Some("orders:write"), "{c}");
     assert_eq!(reply.json()["error"], "insufficient_scope");
+    // The same token with a browser's headers (a forward-auth subrequest carries them): still
+    // RFC 6750's challenge, never the page a person would get.
+    let bearer = format!("Bearer {read}");
+    let navigating = call(
+        &api.gw,
+        "/orders/42",
+        &[
+            ("authorization", bearer.as_str()),
+            ("accept", "text/html"),
+            ("sec-fetch-mode", "navigate"),
+        ],
+    )
+    .await;
+    assert_eq!(navigating.status, 403);
+    let c = challenge(&navigating);
+    assert_eq!(
+        param(&c, "error").as_deref(),
+        Some("insufficient_scope"),
+        "{c}"
+    );
     assert_eq!(api.app.count(), 0);
     // A scope that merely contains the name is not the scope.
     let lookalike = api
