@@ -12,7 +12,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, HOST, UPGRADE};
+use http::header::{CONNECTION, COOKIE, HOST, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
@@ -118,6 +118,7 @@ impl HeaderRules {
                 || self.is_identity_spelling(name)
                 || (!trusted && is_forwarding(name))
         });
+        join_cookies(headers);
         let prior_for = if trusted {
             headers.get(&X_FORWARDED_FOR).cloned()
         } else {
@@ -168,6 +169,28 @@ impl HeaderRules {
     fn is_identity_spelling(&self, name: &str) -> bool {
         (!self.allow_underscores && name.contains('_'))
             || self.identity_folded.iter().any(|f| folded_eq(name, f))
+    }
+}
+
+/// RFC 9113 §8.2.3: an HTTP/2 client may split its cookies over several `cookie` fields (browsers
+/// do, for compression), and a proxy forwarding to HTTP/1.1 must join them with `"; "`: an app
+/// reading only the first line (Rack, gunicorn) would lose the others. An HTTP/1.1 client sends
+/// one field, and then nothing changes.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(COOKIE).iter();
+    if fields.next().is_none() || fields.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for field in &headers.get_all(COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(field.as_bytes());
+    }
+    // Joined from valid values with "; ": valid too.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, value);
     }
 }
 

@@ -286,7 +286,10 @@ async fn http2_prior_knowledge_client_is_served() {
     let exchange = async {
         let resp = client
             .request(
+                // Split over two fields, as browsers do on HTTP/2 (RFC 9113 §8.2.3).
                 Request::get(gw.url("/h2c/items?page=2"))
+                    .header("cookie", "theme=dark")
+                    .header("cookie", "lang=en; csrf=t0k3n")
                     .body(Full::new(Bytes::new()))
                     .unwrap(),
             )
@@ -314,6 +317,12 @@ async fn http2_prior_knowledge_client_is_served() {
     assert!(
         head.contains(&format!("\r\nhost: {}\r\n", gw.addr)),
         "the upstream did not get the client's authority as Host: {head:?}"
+    );
+    // An HTTP/1.1 app gets the cookies joined in one field, in order.
+    assert_eq!(head.matches("\r\ncookie:").count(), 1, "{head:?}");
+    assert!(
+        head.contains("\r\ncookie: theme=dark; lang=en; csrf=t0k3n\r\n"),
+        "{head:?}"
     );
 }
 
