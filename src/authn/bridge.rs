@@ -5,8 +5,10 @@
 //!
 //! Credentials are never stored: the token is remembered under an HMAC of user and password
 //! with a key that lives only in this process, until shortly before the token expires. Failed
-//! attempts are counted per user name, and past `max_failures` in a minute the provider is not
-//! asked again for that user until the minute is over (password guessing through the gateway).
+//! attempts are counted per user name (case-insensitively: most providers' are), and past
+//! `max_failures` in a minute the provider is not asked again for that user until the minute is
+//! over (password guessing through the gateway). An attempt counts as a failure from the moment
+//! the provider is asked until it says yes: guesses sent all at once cannot outrun the count.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -41,6 +43,48 @@ struct Bought {
     /// person's email and names, which access tokens often lack.
     id_claims: Option<Claims>,
     until: Instant,
+}
+
+/// One attempt's place in its user's failure budget: taken when it starts, given back when it
+/// ends unless the provider refused the credentials (also when the request is dropped while
+/// the provider is being asked).
+struct Attempt {
+    budget: Arc<AtomicU32>,
+    /// Failures (and attempts under way) before this one.
+    before: u32,
+    failed: bool,
+}
+
+impl Attempt {
+    fn start(budget: Arc<AtomicU32>) -> Self {
+        let before = budget.fetch_add(1, Ordering::Relaxed);
+        Self {
+            budget,
+            before,
+            failed: false,
+        }
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.failed {
+            self.budget.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Why a credential exchange did not happen or failed.
+enum Ask {
+    /// The user's failure budget was spent before the provider was asked.
+    Locked,
+    Provider(ProviderError),
+}
+
+impl From<ProviderError> for Ask {
+    fn from(e: ProviderError) -> Self {
+        Self::Provider(e)
+    }
 }
 
 /// What a successful exchange gives: the access token, and the person's ID token claims.
@@ -100,9 +144,10 @@ impl PasswordBridge {
         user: &str,
         password: &Secret<String>,
     ) -> Result<Exchanged, BridgeError> {
+        let counted = user.to_lowercase();
         let failures = self
             .failures
-            .get(user)
+            .get(&counted)
             .map_or(0, |n| n.load(Ordering::Relaxed));
         if failures >= self.max_failures {
             tracing::warn!(user = %user, "password bridge: too many failed attempts; not asking the provider");
@@ -118,10 +163,21 @@ impl PasswordBridge {
         let bought = self
             .tokens
             .try_get_with(key, async {
-                let answer = self
-                    .provider
-                    .password_grant(user, password, &self.scope)
-                    .await?;
+                // Counted before asking, taken back unless the provider refuses: concurrent
+                // guesses (each a different password, so a different cache key) each take a
+                // place in the budget before any is answered.
+                let budget = self
+                    .failures
+                    .get_with(counted.clone(), || Arc::new(AtomicU32::new(0)));
+                let mut attempt = Attempt::start(budget);
+                if attempt.before >= self.max_failures {
+                    return Err(Ask::Locked);
+                }
+                let asked = self.provider.password_grant(user, password, &self.scope).await;
+                attempt.failed = matches!(&asked, Err(ProviderError::Status { error, .. })
+                    if error.as_deref() == Some("invalid_grant"));
+                drop(attempt);
+                let answer = asked?;
                 let keep = answer
                     .expires_in
                     .map_or(DEFAULT_KEEP, Duration::from_secs)
@@ -131,7 +187,9 @@ impl PasswordBridge {
                 let id_claims = match &answer.id_token {
                     Some(raw) => match self.provider.validate_id_token(raw, None).await {
                         Ok(claims) => Some(claims),
-                        Err(IdTokenRejected::KeysUnavailable) => return Err(ProviderError::NotReady),
+                        Err(IdTokenRejected::KeysUnavailable) => {
+                            return Err(Ask::Provider(ProviderError::NotReady));
+                        }
                         Err(reason) => {
                             tracing::warn!(reason = %reason, "password bridge: ID token rejected; using the access token alone");
                             None
@@ -139,7 +197,7 @@ impl PasswordBridge {
                     },
                     None => None,
                 };
-                Ok::<_, ProviderError>(Arc::new(Bought {
+                Ok::<_, Ask>(Arc::new(Bought {
                     token: answer.access_token,
                     id_claims,
                     until: Instant::now() + keep,
@@ -152,18 +210,20 @@ impl PasswordBridge {
                 id_claims: b.id_claims.clone(),
             }),
             Err(e) => match &*e {
-                // RFC 6749 §5.2: `invalid_grant` is what wrong resource owner credentials get;
-                // anything else (`invalid_client`, `unsupported_grant_type`) is our setup.
-                ProviderError::Status { error, .. }
+                Ask::Locked => {
+                    tracing::warn!(user = %user, "password bridge: too many failed attempts; not asking the provider");
+                    Err(BridgeError::TooManyAttempts)
+                }
+                // RFC 6749 §5.2: `invalid_grant` is what wrong resource owner credentials get
+                // (counted above); anything else (`invalid_client`, `unsupported_grant_type`)
+                // is our setup.
+                Ask::Provider(ProviderError::Status { error, .. })
                     if error.as_deref() == Some("invalid_grant") =>
                 {
-                    self.failures
-                        .get_with(user.to_owned(), || Arc::new(AtomicU32::new(0)))
-                        .fetch_add(1, Ordering::Relaxed);
                     tracing::info!(user = %user, "password bridge: credentials refused by the provider");
                     Err(BridgeError::BadCredentials)
                 }
-                other => {
+                Ask::Provider(other) => {
                     tracing::warn!(error = %other, "password bridge: the provider could not be asked");
                     Err(BridgeError::Unavailable)
                 }

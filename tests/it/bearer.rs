@@ -1610,3 +1610,49 @@ async fn hmac_tokens_verify_only_with_the_configured_shared_secret() {
         .sign();
     assert_eq!(strict.get("/data", &token).await.status, 401);
 }
+
+/// Guesses sent all at once (each a different password, so none waits on another) cannot
+/// outrun the failure limit: each takes its place in the user's budget before the provider
+/// is asked. The user name is counted whatever its case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_password_guesses_do_not_outrun_the_failure_limit() {
+    let world = World::start(&format!(
+        "{WORLD_BEARER}\n[password_bridge]\nenabled = true\nmax_failures = 3\n\n\
+         [[routes]]\npath_prefix = \"/legacy\"\npassword_bridge = true\n"
+    ))
+    .await;
+    let guesses = (0..40).map(|n| {
+        let gw = &world.gw;
+        let auth = basic(
+            if n % 2 == 0 { "bob" } else { "BOB" },
+            &format!("guess-{n}"),
+        );
+        async move {
+            call(gw, "/legacy/report", &[("authorization", &auth)])
+                .await
+                .status
+                .as_u16()
+        }
+    });
+    let statuses = futures_util::future::join_all(guesses).await;
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        world.provider.password_grant_requests(),
+        3,
+        "the provider was asked more often than max_failures allows: {statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 3);
+    // bob is locked out, his right password included, in any case.
+    let reply = call(
+        &world.gw,
+        "/legacy/report",
+        &[("authorization", &basic("Bob", DEMO_PASSWORD))],
+    )
+    .await;
+    assert_eq!(reply.status, 429, "{}", reply.text());
+    assert_eq!(world.provider.password_grant_requests(), 3);
+    assert_eq!(world.app.count(), 0);
+}
