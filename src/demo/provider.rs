@@ -305,6 +305,9 @@ pub struct DevProvider {
     refresh_grants: AtomicU64,
     /// Tests switch the token endpoint off to see a relying party ride out an outage.
     token_endpoint_down: std::sync::atomic::AtomicBool,
+    /// Tests delay `/token` answers (after the grant is done) to catch a relying party
+    /// abandoning one half-way.
+    token_delay_ms: AtomicU64,
     /// Requests to `/introspect`, successful or not.
     introspections: AtomicU64,
 }
@@ -452,6 +455,7 @@ impl DevProvider {
             password_grants: AtomicU64::new(0),
             refresh_grants: AtomicU64::new(0),
             token_endpoint_down: std::sync::atomic::AtomicBool::new(false),
+            token_delay_ms: AtomicU64::new(0),
             introspections: AtomicU64::new(0),
         })
     }
@@ -534,6 +538,13 @@ impl DevProvider {
     /// For tests of relying parties: `true` makes `/token` answer 503 until switched back.
     pub fn set_token_endpoint_down(&self, down: bool) {
         self.token_endpoint_down.store(down, Ordering::SeqCst);
+    }
+
+    /// For tests of relying parties: every `/token` answer is held back this long after the
+    /// grant is done (refresh tokens already rotated), as a slow provider's would be.
+    pub fn set_token_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.token_delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// `grant_type=refresh_token` requests so far (a relying party's refreshes, counted here).
@@ -655,10 +666,17 @@ impl DevProvider {
             }
             ("/authorize", &Method::GET) => self.authorize_get(&req, now),
             ("/authorize", &Method::POST) => self.authorize_post(&req, now),
-            ("/token", &Method::POST) => match self.token(&req, now) {
-                Ok(resp) => resp,
-                Err(err) => err.into_response(),
-            },
+            ("/token", &Method::POST) => {
+                let answer = match self.token(&req, now) {
+                    Ok(resp) => resp,
+                    Err(err) => err.into_response(),
+                };
+                let delay = self.token_delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
+                answer
+            }
             ("/userinfo", &Method::GET | &Method::POST) => self.userinfo(&req),
             ("/introspect", &Method::POST) => match self.introspect(&req) {
                 Ok(resp) => resp,

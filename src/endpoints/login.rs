@@ -58,7 +58,8 @@ pub struct Login {
     provider: Arc<Provider>,
     refresher: Arc<Refresher>,
     logouts: Arc<Logouts>,
-    store: SessionStore,
+    /// Shared with the refresh tasks, which outlive a request that goes away.
+    store: Arc<SessionStore>,
     used: Arc<UsedStates>,
     public: Url,
     prefix: String,
@@ -112,7 +113,7 @@ impl Login {
             provider,
             refresher,
             logouts,
-            store: SessionStore::new(session, stores)?,
+            store: Arc::new(SessionStore::new(session, stores)?),
             used,
             public,
             prefix: config.server.proxy_prefix.clone(),
@@ -213,43 +214,20 @@ impl Login {
     /// the session's lock, re-reads the session under it (another replica may have refreshed
     /// it a moment ago, spending the refresh token this request carries), refreshes only if it
     /// is still due, and stores the result before the lock is released.
+    ///
+    /// In a task of its own (see [`Refresher::refresh`]): a request dropped between the grant
+    /// and the write would leave the new pair in no store, and every replica would present
+    /// the spent refresh token next.
     async fn refresh_shared(&self, session: &Session, now: u64) -> Result<Refreshed, SessionError> {
-        let lock = self.store.lock(&session.id, REFRESH_LOCK_TTL).await?;
-        let outcome = async {
-            let current = match self.store.reload(&session.id, now).await? {
-                Some(Loaded::Valid { session, .. }) => session,
-                Some(Loaded::None | Loaded::Expired) => return Ok(Refreshed::Ended),
-                None => session.clone(),
-            };
-            if !self.refresher.due(&current, now) {
-                return Ok(Refreshed::Renewed(Box::new(current)));
-            }
-            let refreshed = self.refresher.refresh(&current).await;
-            match &refreshed {
-                Refreshed::Renewed(renewed) => {
-                    let mut stored = (**renewed).clone();
-                    stored.last_seen = now;
-                    self.store.save(&stored, &HeaderMap::new()).await?;
-                    return Ok(Refreshed::Renewed(Box::new(stored)));
-                }
-                // The provider refused the refresh token: end the session for every replica
-                // and every copy of the cookie, which would otherwise present it again.
-                Refreshed::Ended => {
-                    if let Err(err) = self.store.remove(&current).await {
-                        tracing::warn!(error = %err, "an ended session could not be deleted");
-                    }
-                }
-                _ => {}
-            }
-            Ok(refreshed)
-        }
-        .await;
-        // A failed release only delays the next refresh by the lock's TTL.
-        let _ = self.store.unlock(lock).await;
-        match outcome {
-            Err(SessionError::Ended) => Ok(Refreshed::Ended),
-            other => other,
-        }
+        let store = Arc::clone(&self.store);
+        let refresher = Arc::clone(&self.refresher);
+        let session = session.clone();
+        tokio::spawn(async move { refresh_locked(&store, &refresher, &session, now).await })
+            .await
+            .unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "token refresh task failed");
+                Ok(Refreshed::Unavailable)
+            })
     }
 
     /// Starts a login that returns to `return_to` (already validated): a fresh state, nonce
@@ -788,6 +766,51 @@ pub fn unavailable() -> Response<Body> {
     resp.headers_mut()
         .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
     resp
+}
+
+/// [`Login::refresh_shared`]'s work, under the session's lock.
+async fn refresh_locked(
+    store: &SessionStore,
+    refresher: &Arc<Refresher>,
+    session: &Session,
+    now: u64,
+) -> Result<Refreshed, SessionError> {
+    let lock = store.lock(&session.id, REFRESH_LOCK_TTL).await?;
+    let outcome = async {
+        let current = match store.reload(&session.id, now).await? {
+            Some(Loaded::Valid { session, .. }) => session,
+            Some(Loaded::None | Loaded::Expired) => return Ok(Refreshed::Ended),
+            None => session.clone(),
+        };
+        if !refresher.due(&current, now) {
+            return Ok(Refreshed::Renewed(Box::new(current)));
+        }
+        let refreshed = refresher.refresh(&current).await;
+        match &refreshed {
+            Refreshed::Renewed(renewed) => {
+                let mut stored = (**renewed).clone();
+                stored.last_seen = now;
+                store.save(&stored, &HeaderMap::new()).await?;
+                return Ok(Refreshed::Renewed(Box::new(stored)));
+            }
+            // The provider refused the refresh token: end the session for every replica
+            // and every copy of the cookie, which would otherwise present it again.
+            Refreshed::Ended => {
+                if let Err(err) = store.remove(&current).await {
+                    tracing::warn!(error = %err, "an ended session could not be deleted");
+                }
+            }
+            _ => {}
+        }
+        Ok(refreshed)
+    }
+    .await;
+    // A failed release only delays the next refresh by the lock's TTL.
+    let _ = store.unlock(lock).await;
+    match outcome {
+        Err(SessionError::Ended) => Ok(Refreshed::Ended),
+        other => other,
+    }
 }
 
 #[cfg(test)]

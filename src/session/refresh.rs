@@ -110,7 +110,26 @@ impl Refresher {
 
     /// Refreshes `session` (which must be [`Refresher::due`]), sharing the grant with every
     /// concurrent request presenting the same refresh token.
-    pub async fn refresh(&self, session: &Session) -> Refreshed {
+    ///
+    /// The work runs in a task of its own, not in the request's future: a client that goes
+    /// away while the provider is answering (a closed tab, a cancelled fetch) drops its
+    /// request, and with it anything the request was running. Had the grant been dropped after
+    /// the provider rotated the refresh token, the new pair would be lost, the next request
+    /// would present the spent token, and a provider with reuse detection would end the
+    /// sign-in. In its own task the grant completes and its outcome is kept for the others.
+    pub async fn refresh(self: &Arc<Self>, session: &Session) -> Refreshed {
+        let this = Arc::clone(self);
+        let session = session.clone();
+        match tokio::spawn(async move { this.refresh_here(&session).await }).await {
+            Ok(refreshed) => refreshed,
+            Err(err) => {
+                tracing::warn!(error = %err, "token refresh task failed");
+                Refreshed::Unavailable
+            }
+        }
+    }
+
+    async fn refresh_here(&self, session: &Session) -> Refreshed {
         let Some(refresh_token) = &session.refresh_token else {
             return Refreshed::Unavailable;
         };

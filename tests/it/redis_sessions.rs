@@ -220,6 +220,31 @@ async fn two_replicas_refresh_a_shared_session_once() {
     assert_eq!(world.provider.refresh_grant_requests(), 1);
 }
 
+/// With Redis, a client that hangs up while the provider answers the refresh does not lose
+/// the session for anyone: the new tokens reach Redis all the same, and the other replica
+/// serves the session with them, no second grant.
+#[tokio::test]
+async fn a_client_gone_during_the_refresh_leaves_the_new_tokens_in_redis() {
+    let redis = RedisServer::start();
+    let (world, cookie, replica) = refreshing_replicas(&redis).await;
+    let first = world
+        .app
+        .last()
+        .header("x-forwarded-access-token")
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(4300)).await;
+    crate::support::world::abandon_a_request_mid_refresh(&world, world.gw.addr, &cookie).await;
+    let reply = api(&replica, "/api/data", &cookie).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = world.app.last();
+    assert_ne!(
+        seen.header("x-forwarded-access-token"),
+        Some(first.as_str())
+    );
+    assert_eq!(world.provider.refresh_grant_requests(), 1);
+}
+
 /// A captured logout token replayed to another replica: with Redis its `jti` is used up for
 /// every replica, so the replay is refused and the user's sessions signed in since the
 /// logout survive it.

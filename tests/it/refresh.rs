@@ -67,6 +67,24 @@ async fn fifty_concurrent_requests_across_an_expiry_make_one_refresh() {
     assert!(replies.iter().all(|r| r.headers.contains_key("set-cookie")));
 }
 
+/// A client that hangs up while the provider answers the refresh (a closed tab) does not take
+/// the new tokens with it: the grant completes, and the next request with the same cookie is
+/// served with them, no second grant presenting the spent refresh token (which this provider
+/// answers by ending the whole sign-in).
+#[tokio::test]
+async fn a_client_gone_during_the_refresh_does_not_lose_the_session() {
+    let (world, browser) = signed_in().await;
+    let cookie = world.cookie_header(&browser);
+    assert_eq!(api(&world, &cookie).await.status, 200);
+    let first = token_seen(&world);
+    tokio::time::sleep(UNTIL_DUE).await;
+    crate::support::world::abandon_a_request_mid_refresh(&world, world.gw.addr, &cookie).await;
+    let reply = api(&world, &cookie).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_ne!(token_seen(&world), first, "the app got the old token");
+    assert_eq!(world.provider.refresh_grant_requests(), 1);
+}
+
 #[tokio::test]
 async fn a_request_with_the_old_cookie_after_rotation_gets_the_new_session() {
     let (world, mut browser) = signed_in().await;

@@ -403,3 +403,30 @@ pub async fn sign_in_at_provider(
     );
     callback
 }
+
+/// Sends a request with `cookie` to the gateway at `gw` (its session due for a refresh) and
+/// hangs up while the provider is answering the refresh grant: the grant is done at the
+/// provider (the refresh token rotated) but its answer comes 1.5 s later, after the client has
+/// gone. Returns once the gateway has had time to take that answer.
+pub async fn abandon_a_request_mid_refresh(world: &World, gw: SocketAddr, cookie: &str) {
+    use tokio::io::AsyncWriteExt;
+
+    let grants = world.provider.refresh_grant_requests();
+    world
+        .provider
+        .set_token_delay(std::time::Duration::from_millis(1500));
+    let mut stream = tokio::net::TcpStream::connect(gw).await.unwrap();
+    let request = format!("GET /api/data HTTP/1.1\r\nHost: app\r\nCookie: {cookie}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while world.provider.refresh_grant_requests() == grants {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway never asked for a refresh"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(stream);
+    world.provider.set_token_delay(std::time::Duration::ZERO);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+}
