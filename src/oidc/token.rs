@@ -34,6 +34,32 @@ pub struct TokenResponse {
     pub scope: Option<String>,
 }
 
+impl TokenResponse {
+    /// When the access token expires, as a Unix time: `now + expires_in`, or, when the
+    /// provider left `expires_in` out (RFC 6749 §5.1 only recommends it), the `exp` of the
+    /// access token when it is a JWT, else of the ID token. Only to schedule the refresh: the
+    /// token is not trusted for it. `None` when nothing tells, and then it is never refreshed
+    /// early (it is used until the upstream refuses it).
+    pub fn access_expires_at(&self, now: u64) -> Option<u64> {
+        if let Some(seconds) = self.expires_in {
+            return Some(now.saturating_add(seconds));
+        }
+        jwt_exp(self.access_token.expose()).or_else(|| self.id_token.as_deref().and_then(jwt_exp))
+    }
+}
+
+/// The numeric `exp` claim of a compact JWS, read without checking the signature.
+fn jwt_exp(token: &str) -> Option<u64> {
+    let mut parts = token.split('.');
+    let (_, payload, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next()) else {
+        return None;
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<Value>(&bytes).ok()?.get("exp")?.as_u64()
+}
+
 impl fmt::Debug for TokenResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenResponse")

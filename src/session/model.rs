@@ -144,7 +144,7 @@ fn session_from(
         claims: kept,
         id_token: tokens.id_token.clone().map(Secret::new),
         access_token: Some(tokens.access_token.clone()),
-        access_expires_at: tokens.expires_in.map(|s| now + s),
+        access_expires_at: tokens.access_expires_at(now),
         refresh_token: tokens.refresh_token.clone(),
         sid: text("sid"),
         created_at: now,

@@ -14,7 +14,10 @@
 //!   [`RETRY_AFTER_FAILURE`], so an outage is not hammered.
 //! * A refreshed ID token is validated like the first one and must name the same subject
 //!   (OIDC Core §12.2); its claims (groups) replace the old ones, so what the provider revokes
-//!   takes effect at the next refresh.
+//!   takes effect at the next refresh. A provider may answer without an ID token (§12.2 allows
+//!   it): then the claims stay as they were, unless `userinfo = true` asks the provider anew.
+//! * When the provider leaves `expires_in` out, the refresh is scheduled by the `exp` of the
+//!   access token (a JWT) or else of the ID token.
 //!
 //! Refresh tokens never leave the gateway (rule 13): they live in the sealed session only.
 
@@ -242,9 +245,7 @@ fn renewed(
     session.created_at = old.created_at;
     session.last_seen = old.last_seen;
     session.access_token = Some(tokens.access_token.clone());
-    session.access_expires_at = tokens
-        .expires_in
-        .map(|s| crate::oidc::unix_now().saturating_add(s));
+    session.access_expires_at = tokens.access_expires_at(crate::oidc::unix_now());
     // Without rotation the provider sends no new refresh token: the old one stays valid.
     session.refresh_token = tokens
         .refresh_token
