@@ -325,7 +325,10 @@ impl Gateway {
                         return Ok(with_cookies(self.ask_to_log_in(&req, ctx, bridge), clear));
                     }
                     Caller::Refused(refusal) => return Ok(answer::refused(refusal, self.realm())),
-                    Caller::Unavailable(what) => return Ok(answer::unavailable(what)),
+                    Caller::Unavailable(what) => {
+                        let navigation = pages::is_navigation(req.method(), req.headers());
+                        return Ok(answer::unavailable(what, navigation));
+                    }
                 },
             };
 
@@ -344,7 +347,10 @@ impl Gateway {
                 Some(c) => match c.lease().await {
                     Ok(lease) => Some(lease),
                     // The failure itself was logged where it happened (upstream_token.rs).
-                    Err(_) => return Ok(answer::unavailable("upstream token")),
+                    Err(_) => {
+                        let navigation = pages::is_navigation(req.method(), req.headers());
+                        return Ok(answer::unavailable("upstream token", navigation));
+                    }
                 },
                 None => None,
             };
@@ -537,7 +543,8 @@ impl Gateway {
             Caller::Refused(refusal) => {
                 forward_auth::denied(answer::refused(refusal, self.realm()))
             }
-            Caller::Unavailable(what) => answer::unavailable(what),
+            // The proxy asking reads the status, not a page.
+            Caller::Unavailable(what) => answer::unavailable(what, false),
         }
     }
 }

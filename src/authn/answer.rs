@@ -134,7 +134,7 @@ pub fn is_invalid_token<B>(resp: &Response<B>) -> bool {
 }
 
 /// A dependency of authentication could not be asked: 503, try again shortly (rule 36).
-pub fn unavailable(what: &'static str) -> Response<Body> {
+pub fn unavailable(what: &'static str, navigation: bool) -> Response<Body> {
     if let Some(suppressed) = outage_log_due(what) {
         tracing::warn!(
             dependency = what,
@@ -142,10 +142,20 @@ pub fn unavailable(what: &'static str) -> Response<Body> {
             "authentication dependency unavailable; answering 503"
         );
     }
-    let mut resp = pages::json(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &json!({"error": "temporarily_unavailable", "error_description": "authentication is unavailable; try again shortly"}),
-    );
+    // A person navigating gets a page to read, a program the JSON it can parse.
+    let mut resp = if navigation {
+        pages::page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Temporarily unavailable",
+            "Signing in cannot be checked right now. Please try again in a moment.",
+            None,
+        )
+    } else {
+        pages::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "temporarily_unavailable", "error_description": "authentication is unavailable; try again shortly"}),
+        )
+    };
     resp.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from_static("5"));
     resp

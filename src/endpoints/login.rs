@@ -552,8 +552,8 @@ impl Login {
             Authn::Anonymous { .. } => {
                 crate::authn::answer::missing(&self.realm, false, Some(&self.login_url()))
             }
-            Authn::Unavailable(STORE) => store_unavailable(),
-            Authn::Unavailable(_) => unavailable(),
+            // A JSON endpoint: JSON, whatever is down.
+            Authn::Unavailable(what) => crate::authn::answer::unavailable(what, false),
         }
     }
 

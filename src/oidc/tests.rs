@@ -1302,16 +1302,15 @@ fn the_access_token_expiry_comes_from_expires_in_else_from_a_jwt() {
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(claims))
     };
-    let tokens = |access: String, expires_in: Option<u64>, id_token: Option<String>| {
-        super::TokenResponse {
+    let tokens =
+        |access: String, expires_in: Option<u64>, id_token: Option<String>| super::TokenResponse {
             access_token: Secret::new(access),
             token_type: "Bearer".into(),
             expires_in,
             refresh_token: None,
             id_token,
             scope: None,
-        }
-    };
+        };
     let now = 1_000;
     let access = jwt(r#"{"sub":"alice","exp":1300}"#);
     assert_eq!(
@@ -1319,14 +1318,20 @@ fn the_access_token_expiry_comes_from_expires_in_else_from_a_jwt() {
         Some(1_060)
     );
     // No expires_in (RFC 6749 only recommends it): the JWT access token's exp.
-    assert_eq!(tokens(access, None, None).access_expires_at(now), Some(1_300));
+    assert_eq!(
+        tokens(access, None, None).access_expires_at(now),
+        Some(1_300)
+    );
     // An opaque access token: the ID token's exp.
     let id = jwt(r#"{"sub":"alice","exp":1200}"#);
     assert_eq!(
         tokens("opaque".into(), None, Some(id)).access_expires_at(now),
         Some(1_200)
     );
-    assert_eq!(tokens("opaque".into(), None, None).access_expires_at(now), None);
+    assert_eq!(
+        tokens("opaque".into(), None, None).access_expires_at(now),
+        None
+    );
     assert_eq!(
         tokens("a.b.c.d".into(), None, None).access_expires_at(now),
         None

@@ -57,7 +57,10 @@ fn jwt_exp(token: &str) -> Option<u64> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .ok()?;
-    serde_json::from_slice::<Value>(&bytes).ok()?.get("exp")?.as_u64()
+    serde_json::from_slice::<Value>(&bytes)
+        .ok()?
+        .get("exp")?
+        .as_u64()
 }
 
 impl fmt::Debug for TokenResponse {

@@ -136,6 +136,23 @@ async fn redis_down_is_503_then_the_same_session_works_when_it_returns() {
     )
     .await;
     assert_eq!(page.status, 503);
+    // …as a page to read, while a program gets JSON, also from the JSON endpoint userinfo.
+    let content_type = |r: &Reply| r.headers["content-type"].to_str().unwrap().to_owned();
+    assert!(
+        content_type(&page).starts_with("text/html"),
+        "{}",
+        page.text()
+    );
+    assert!(
+        content_type(&api(&world.gw, "/orders", &cookie).await).starts_with("application/json")
+    );
+    let info = api(&world.gw, "/oauth2/userinfo", &cookie).await;
+    assert_eq!(info.status, 503);
+    assert!(
+        content_type(&info).starts_with("application/json"),
+        "{}",
+        info.text()
+    );
     assert_eq!(world.app.count(), served, "nothing reached the app");
     // Sign-out cannot end the session now: 503, and the cookie stays for a retry.
     let out = api(&world.gw, "/oauth2/sign_out", &cookie).await;
