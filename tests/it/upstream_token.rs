@@ -281,3 +281,51 @@ async fn private_key_jwt_authenticates_the_gateway_and_audience_and_resource_rea
     assert_eq!(claims["aud"], issuer.token_endpoint());
     assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
 }
+
+/// Issue 13 point 4, the two halves the chains above do not show: the caller's identity still
+/// travels in the identity headers while the gateway's own token replaces the caller's in
+/// `Authorization`; and without a `token_endpoint` of its own the client uses the provider's
+/// (from discovery).
+#[tokio::test]
+async fn the_callers_identity_travels_beside_the_gateways_token_from_the_providers_endpoint() {
+    let issuer = TestIssuer::start().await;
+    let app = Upstream::start().await;
+    let (id, secret) = issuer.client();
+    let front = Gateway::start(&format!(
+        "[provider]\nissuer = \"{iss}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n\
+         redirect_url = \"http://127.0.0.1/oauth2/callback\"\n\
+         [session]\nsecret = \"{session}\"\n\
+         [bearer]\nenabled = true\naudiences = [\"api://front\"]\n\
+         [authorization]\ndefault_policy = \"authenticated\"\n\
+         [[upstreams]]\nurl = \"{app}\"\n\
+         [upstreams.client]\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n\
+         resource = \"{aud}\"\nscopes = [\"orders:read\"]\n",
+        iss = issuer.issuer(),
+        session = crate::support::world::SESSION_SECRET,
+        app = app.url(),
+        aud = issuer::DEFAULT_AUDIENCE,
+    ));
+    front.wait_ready().await;
+    let callers = issuer.mint("api://front").sub("bob").sign();
+    let reply = send(
+        Request::get(front.url("/orders/7"))
+            .header("authorization", format!("Bearer {callers}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        issuer.token_requests(),
+        1,
+        "the provider's discovered token endpoint"
+    );
+    let seen = app.last();
+    assert_eq!(seen.header("x-forwarded-user"), Some("bob"));
+    let sent = seen.header("authorization").unwrap();
+    assert!(sent.starts_with("Bearer ey"), "{sent}");
+    assert!(
+        !sent.contains(&callers),
+        "the caller's token reached the app"
+    );
+}
