@@ -308,6 +308,9 @@ pub struct DevProvider {
     /// Tests delay `/token` answers (after the grant is done) to catch a relying party
     /// abandoning one half-way.
     token_delay_ms: AtomicU64,
+    /// Tests switch `/userinfo` off (503) to see a relying party refuse a login it cannot
+    /// complete.
+    userinfo_down: std::sync::atomic::AtomicBool,
     /// Requests to `/introspect`, successful or not.
     introspections: AtomicU64,
 }
@@ -456,6 +459,7 @@ impl DevProvider {
             refresh_grants: AtomicU64::new(0),
             token_endpoint_down: std::sync::atomic::AtomicBool::new(false),
             token_delay_ms: AtomicU64::new(0),
+            userinfo_down: std::sync::atomic::AtomicBool::new(false),
             introspections: AtomicU64::new(0),
         })
     }
@@ -538,6 +542,11 @@ impl DevProvider {
     /// For tests of relying parties: `true` makes `/token` answer 503 until switched back.
     pub fn set_token_endpoint_down(&self, down: bool) {
         self.token_endpoint_down.store(down, Ordering::SeqCst);
+    }
+
+    /// For tests of relying parties: `true` makes `/userinfo` answer 503 until switched back.
+    pub fn set_userinfo_down(&self, down: bool) {
+        self.userinfo_down.store(down, Ordering::SeqCst);
     }
 
     /// For tests of relying parties: every `/token` answer is held back this long after the
@@ -677,7 +686,15 @@ impl DevProvider {
                 }
                 answer
             }
-            ("/userinfo", &Method::GET | &Method::POST) => self.userinfo(&req),
+            ("/userinfo", &Method::GET | &Method::POST) => {
+                if self.userinfo_down.load(Ordering::SeqCst) {
+                    return json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({"error": "temporarily_unavailable"}),
+                    );
+                }
+                self.userinfo(&req)
+            }
             ("/introspect", &Method::POST) => match self.introspect(&req) {
                 Ok(resp) => resp,
                 Err(err) => err.into_response(),

@@ -175,3 +175,34 @@ async fn a_token_response_without_the_id_token_gets_no_login_even_with_userinfo(
     assert_eq!(info.status, 401);
     assert_eq!(world.app.count(), 0);
 }
+
+/// With `userinfo = true` the login needs the provider's userinfo answer too: when it names
+/// another subject than the ID token, or cannot be had, nobody is signed in (400 and 503), no
+/// session cookie is set, and nothing reaches the app.
+#[tokio::test]
+async fn a_login_whose_userinfo_disagrees_or_fails_signs_nobody_in() {
+    let userinfo_on = |c: &str| c.replace("[provider]\n", "[provider]\nuserinfo = true\n");
+    let mut other = World::start_with(Some(IdTokenFault::OtherSubject), "").await;
+    other.restart_with(userinfo_on).await;
+    let mut browser = Browser::default();
+    let reply = callback_reply(&other, &mut browser).await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert!(reply.text().contains("disagree"), "{}", reply.text());
+    assert_eq!(
+        browser.get(&other.gw.url("/oauth2/userinfo")).await.status,
+        401
+    );
+
+    let mut down = World::start_with(None, "").await;
+    down.restart_with(userinfo_on).await;
+    down.provider.set_userinfo_down(true);
+    let mut browser = Browser::default();
+    let reply = callback_reply(&down, &mut browser).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert!(reply.headers.contains_key("retry-after"));
+    assert_eq!(
+        browser.get(&down.gw.url("/oauth2/userinfo")).await.status,
+        401
+    );
+    assert_eq!(other.app.count() + down.app.count(), 0);
+}
