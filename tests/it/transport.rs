@@ -451,11 +451,34 @@ async fn tls_with_alpn_h2_and_http1_are_served() {
 /// An HTTPS upstream on 127.0.0.1 with a self-signed certificate for `localhost`, answering
 /// every request with 200 "tls upstream".
 async fn tls_upstream(cert: &SelfSigned) -> SocketAddr {
+    tls_upstream_requiring(cert, None).await
+}
+
+/// The same, refusing the TLS handshake unless the client shows a certificate issued by
+/// `client_ca` (mutual TLS), when given.
+async fn tls_upstream_requiring(
+    cert: &SelfSigned,
+    client_ca: Option<&CertificateDer<'static>>,
+) -> SocketAddr {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
         .with_single_cert(
             vec![cert.cert_der.clone()],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_der.clone())),
@@ -508,6 +531,37 @@ async fn https_upstream_with_a_custom_ca_bundle() {
     let reply = get(&system_roots.url("/")).await;
     assert_eq!(reply.status, 502, "{}", reply.text());
     assert_ne!(reply.text(), "tls upstream");
+}
+
+/// Issue 10 point 4, "optional client certificate": an upstream that demands mutual TLS gets
+/// the certificate configured for it, and without one the gateway answers 502.
+#[tokio::test]
+async fn an_https_upstream_demanding_a_client_certificate_gets_the_configured_one() {
+    let server = self_signed_localhost();
+    let client = rcgen::generate_simple_self_signed(vec!["gatehouse-client".to_owned()]).unwrap();
+    let up_addr = tls_upstream_requiring(&server, Some(client.cert.der())).await;
+    let dir = TempDir::new("upstream-mtls");
+    let ca_file = dir.write("ca.pem", &server.cert_pem);
+    let cert_file = dir.write("client.pem", &client.cert.pem());
+    let key_file = dir.write("client-key.pem", &client.signing_key.serialize_pem());
+    let upstream = format!(
+        "[[upstreams]]\nurl = \"https://localhost:{}\"\ntls_ca_file = \"{}\"\n",
+        up_addr.port(),
+        ca_file.display()
+    );
+
+    let with_cert = Gateway::start(&format!(
+        "{upstream}tls_client_cert_file = \"{}\"\ntls_client_key_file = \"{}\"\n",
+        cert_file.display(),
+        key_file.display()
+    ));
+    let reply = get(&with_cert.url("/")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "tls upstream");
+
+    let without = Gateway::start(&upstream);
+    let reply = get(&without.url("/")).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
 }
 
 /// Waits (at most `deadline`) until `up` has received `n` requests.
