@@ -124,6 +124,7 @@ impl Shared {
         Snapshot {
             provider_ready: self.provider.as_ref().map(|p| p.ready()),
             refresh_grants: self.refresher.as_ref().map(|r| r.grants()),
+            jwt_checks: self.bearer.as_ref().map(|b| b.jwt_checks()),
             upstream_token_requests: self.upstream_clients.token_requests(),
             redis_up: self.redis_sessions.then(|| self.stores.redis_up()),
             open_connections: Vec::new(),

@@ -102,6 +102,11 @@ impl BearerAuth {
     }
 
     /// The header tokens come in (`[bearer] header`).
+    /// Bearer JWTs verified in full so far (the verified-token cache's misses).
+    pub fn jwt_checks(&self) -> u64 {
+        self.jwt.checks()
+    }
+
     pub fn header(&self) -> &HeaderName {
         &self.header
     }

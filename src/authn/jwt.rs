@@ -89,6 +89,8 @@ pub struct JwtVerifier {
     /// Tokens above this are refused before any decoding (rule 32).
     max_token_bytes: usize,
     http: HttpClient,
+    /// Tokens verified in full (cache misses): what the cache saves shows in the metrics.
+    checks: AtomicU64,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -154,7 +156,13 @@ impl JwtVerifier {
             groups_claim,
             max_token_bytes,
             http,
+            checks: AtomicU64::new(0),
         })
+    }
+
+    /// Tokens verified in full so far (signature and claims); a cache hit is not one.
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
     }
 
     /// Spawns, on the current runtime, the task that discovers and loads the keys of our own
@@ -190,6 +198,7 @@ impl JwtVerifier {
             }
             return Verdict::Valid(hit.identity.clone());
         }
+        self.checks.fetch_add(1, Ordering::Relaxed);
         match Box::pin(self.check(token, now)).await {
             Ok(verified) => {
                 let identity = verified.identity.clone();

@@ -48,6 +48,8 @@ pub struct Snapshot {
     /// `None` without a provider.
     pub provider_ready: Option<bool>,
     pub refresh_grants: Option<u64>,
+    /// `None` without `[bearer]`.
+    pub jwt_checks: Option<u64>,
     /// Per protected upstream: its name and the token requests made for it.
     pub upstream_token_requests: Vec<(String, u64)>,
     /// `None` unless sessions are in Redis.
@@ -210,6 +212,14 @@ fn from_snapshot(s: &Snapshot) -> Result<Vec<MetricFamily>, prometheus::Error> {
         c.inc_by(grants);
         out.extend(c.collect());
     }
+    if let Some(checks) = s.jwt_checks {
+        let c = IntCounter::new(
+            "gatehouse_bearer_jwt_checks_total",
+            "Bearer JWTs verified in full (signature and claims); a token the verified-token cache holds counts no more.",
+        )?;
+        c.inc_by(checks);
+        out.extend(c.collect());
+    }
     if !s.upstream_token_requests.is_empty() {
         let v = IntCounterVec::new(
             Opts::new(
@@ -344,6 +354,7 @@ mod tests {
         let snapshot = Snapshot {
             provider_ready: Some(true),
             refresh_grants: Some(7),
+            jwt_checks: Some(4),
             upstream_token_requests: vec![("api".into(), 2)],
             redis_up: None,
             open_connections: vec![3, 2],
@@ -351,6 +362,7 @@ mod tests {
         let text = m.render(&snapshot);
         for line in [
             "gatehouse_requests_total{code=\"200\"} 2",
+            "gatehouse_bearer_jwt_checks_total 4",
             "gatehouse_requests_total{code=\"401\"} 1",
             "gatehouse_request_duration_seconds_count 3",
             "gatehouse_upstream_duration_seconds_count 1",

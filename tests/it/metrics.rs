@@ -267,3 +267,28 @@ async fn requests_the_parser_refuses_are_logged_and_counted() {
         Some(1.0)
     );
 }
+
+/// Issue 12 point 1, "a hot token costs no signature check": forty requests with one token
+/// are one full verification; with the cache off (`cache_entries = 0`) each request is one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_bearer_token_is_verified_once_and_every_time_without_the_cache() {
+    for (extra, expected) in [("", 1.0), ("cache_entries = 0\n", 40.0)] {
+        let world = World::start(&CONFIG.replace(
+            "[bearer]\nenabled = true\n",
+            &format!("[bearer]\nenabled = true\n{extra}"),
+        ))
+        .await;
+        let scrape = format!("http://{}/metrics", metrics_addr(&world.gw).await);
+        let token = world.service_token().await;
+        let bearer = format!("Bearer {token}");
+        for _ in 0..40 {
+            assert_eq!(call(&world.gw.url("/api"), Some(&bearer)).await.status, 200);
+        }
+        let text = get(&scrape).await.text();
+        assert_eq!(
+            sample(&text, "gatehouse_bearer_jwt_checks_total"),
+            Some(expected),
+            "with {extra:?}"
+        );
+    }
+}
