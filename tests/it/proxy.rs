@@ -483,6 +483,38 @@ async fn upstream_down_answers_502_quickly_with_a_request_id() {
     );
 }
 
+/// An upstream that never completes the TCP handshake (its accept queue full: the kernel
+/// drops the SYNs) is given up after `connect_timeout`: 502, not a request hanging until the
+/// client gives up.
+#[tokio::test]
+async fn an_upstream_that_never_accepts_answers_502_after_connect_timeout() {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    // A backlog of 0: one connection fills the queue, and nothing is ever accepted.
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let _queued = std::net::TcpStream::connect(addr).unwrap();
+    let gw = Gateway::start(&format!(
+        "[[upstreams]]\nurl = \"http://{addr}\"\nconnect_timeout = \"300ms\"\n"
+    ));
+    let started = Instant::now();
+    let reply = get(&gw.url("/")).await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert!(reply.headers.contains_key("x-request-id"));
+    assert!(took >= Duration::from_millis(300), "gave up after {took:?}");
+    assert!(took < Duration::from_secs(5), "gave up after {took:?}");
+    let logs = gw.wait_for_log("timed out").await;
+    assert!(logs.contains("connect timed out after 300ms"), "{logs}");
+}
+
 #[tokio::test]
 async fn slow_upstream_answers_504() {
     let up = Upstream::start().await;
