@@ -785,6 +785,58 @@ GET /second HTTP/1.1\r\nHost: app\r\nX-Forwarded-User: admin\r\nConnection: clos
     assert!(!seen[1].headers.contains_key("x-forwarded-user"));
 }
 
+/// Issue 10 point 6: `[log] format = "json"` makes every line one JSON object whose access
+/// event carries request id, method, path, route, upstream, status and both latencies; `[log]
+/// level` decides what is written, and `RUST_LOG`, when set, wins over it.
+#[tokio::test]
+async fn json_logs_carry_the_access_fields_and_the_level_comes_from_config_or_rust_log() {
+    let up = Upstream::start().await;
+    let config = |level: &str| {
+        format!(
+            "[log]\nformat = \"json\"\nlevel = \"{level}\"\n\n[[upstreams]]\nname = \"app\"\nurl = \"{}\"\n",
+            up.url()
+        )
+    };
+    // The access event, parsed, of one request through `gw` (`None` when none was written).
+    async fn access_event(gw: &Gateway) -> Option<serde_json::Value> {
+        let reply = get(&gw.url("/items?page=2")).await;
+        assert_eq!(reply.status, 200);
+        let id = reply.headers["x-request-id"].to_str().unwrap().to_owned();
+        let logs = gw.wait_for_log(&id).await;
+        let lines: Vec<serde_json::Value> = logs
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        lines.into_iter().find(|l| l["request_id"] == id.as_str())
+    }
+
+    let gw = Gateway::start(&config("info"));
+    let access = access_event(&gw).await.expect("no access event");
+    assert_eq!(access["target"], "gatehouse::access");
+    assert_eq!(access["method"], "GET");
+    assert_eq!(access["path"], "/items", "the path, never the query");
+    assert_eq!(access["route"], "upstream");
+    assert_eq!(access["upstream"], "app");
+    assert_eq!(access["status"], 200);
+    assert!(access["latency_ms"].as_f64().is_some(), "{access}");
+    assert!(access["upstream_ms"].as_f64().is_some(), "{access}");
+
+    // The configured level, a filter that turns the access log off: without RUST_LOG it
+    // applies; with RUST_LOG=info, RUST_LOG wins.
+    let quiet = config("info,gatehouse::access=off");
+    let by_config = Gateway::start_with_env(&quiet, &[("RUST_LOG", "")]);
+    assert!(
+        access_event(&by_config).await.is_none(),
+        "the level was not applied"
+    );
+    let by_env = Gateway::start_with_env(&quiet, &[("RUST_LOG", "info")]);
+    assert!(
+        access_event(&by_env).await.is_some(),
+        "RUST_LOG did not win"
+    );
+}
+
 #[tokio::test]
 async fn the_access_log_has_one_line_per_request_and_no_secrets() {
     let up = Upstream::start().await;

@@ -82,6 +82,11 @@ impl Gateway {
         cmd.arg("run").arg("--config").arg(&path);
         cmd.env("RUST_LOG", "info");
         for (k, v) in env {
+            // `("RUST_LOG", "")`: no RUST_LOG at all, so `[log] level` decides.
+            if *k == "RUST_LOG" && v.is_empty() {
+                cmd.env_remove("RUST_LOG");
+                continue;
+            }
             cmd.env(k, v);
         }
         let (child, addr, output) = spawn_and_wait(cmd, "gatehouse listening", parse_address);
@@ -226,8 +231,13 @@ pub fn spawn_and_wait(
     }
 }
 
-/// `... address=127.0.0.1:1234 ...` in a text log line.
+/// `... address=127.0.0.1:1234 ...` in a text log line, or `"address":"127.0.0.1:1234"` in a
+/// JSON one.
 pub fn parse_address(line: &str) -> Option<SocketAddr> {
+    if let Some(at) = line.find("\"address\":\"") {
+        let rest = &line[at + "\"address\":\"".len()..];
+        return rest.split('"').next()?.parse().ok();
+    }
     let rest = &line[line.find("address=")? + "address=".len()..];
     rest.split_whitespace().next()?.parse().ok()
 }
