@@ -785,3 +785,35 @@ async fn a_health_checker_user_agent_never_skips_login() {
             .collect::<Vec<_>>()
     );
 }
+
+/// Issue 11 point 1, "refreshed periodically": the provider's discovery document and keys are
+/// fetched again every `discovery_refresh`, with no request asking for it (a key the provider
+/// adds is known before the first token signed with it arrives).
+#[tokio::test]
+async fn discovery_and_keys_are_fetched_again_every_discovery_refresh() {
+    use crate::support::issuer::TestIssuer;
+
+    let issuer = TestIssuer::start().await;
+    let (id, secret) = issuer.client();
+    let gw = Gateway::start(&format!(
+        "[provider]\nissuer = \"{iss}\"\nclient_id = \"{id}\"\nclient_secret = \"{secret}\"\n\
+         redirect_url = \"http://127.0.0.1/oauth2/callback\"\ndiscovery_refresh = \"1s\"\n\
+         [session]\nsecret = \"{session}\"\n\
+         [[upstreams]]\nurl = \"http://127.0.0.1:9\"\n",
+        iss = issuer.issuer(),
+        session = crate::support::world::SESSION_SECRET,
+    ));
+    gw.wait_ready().await;
+    let (discovery, jwks) = (issuer.discovery_fetches(), issuer.jwks_fetches());
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    assert!(
+        issuer.discovery_fetches() >= discovery + 2,
+        "discovery fetched {} times in 3.5 s after the first",
+        issuer.discovery_fetches() - discovery
+    );
+    assert!(
+        issuer.jwks_fetches() >= jwks + 2,
+        "keys fetched {} times",
+        issuer.jwks_fetches() - jwks
+    );
+}
