@@ -143,19 +143,36 @@ pub fn unavailable(what: &'static str, navigation: bool) -> Response<Body> {
         );
     }
     // A person navigating gets a page to read, a program the JSON it can parse.
-    let mut resp = if navigation {
-        pages::page(
-            StatusCode::SERVICE_UNAVAILABLE,
+    if navigation {
+        return unavailable_page(what);
+    }
+    let mut resp = pages::json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"error": "temporarily_unavailable", "error_description": "authentication is unavailable; try again shortly"}),
+    );
+    resp.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+    resp
+}
+
+/// The dependency named when the session store (Redis) cannot be asked.
+pub const STORE: &str = "session store";
+
+/// The 503 page for a person: the session store or the identity provider (`what`) cannot be
+/// asked now; try again in a moment (`Retry-After`).
+pub fn unavailable_page(what: &str) -> Response<Body> {
+    let (title, text) = if what == STORE {
+        (
             "Temporarily unavailable",
-            "Signing in cannot be checked right now. Please try again in a moment.",
-            None,
+            "Sessions cannot be checked right now. Please try again in a moment.",
         )
     } else {
-        pages::json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"error": "temporarily_unavailable", "error_description": "authentication is unavailable; try again shortly"}),
+        (
+            "Sign-in is unavailable",
+            "The identity provider cannot be reached right now. Please try again in a moment.",
         )
     };
+    let mut resp = pages::page(StatusCode::SERVICE_UNAVAILABLE, title, text, None);
     resp.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from_static("5"));
     resp

@@ -101,12 +101,12 @@ impl BearerAuth {
         })))
     }
 
-    /// The header tokens come in (`[bearer] header`).
     /// Bearer JWTs verified in full so far (the verified-token cache's misses).
     pub fn jwt_checks(&self) -> u64 {
         self.jwt.checks()
     }
 
+    /// The header tokens come in (`[bearer] header`).
     pub fn header(&self) -> &HeaderName {
         &self.header
     }

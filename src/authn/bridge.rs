@@ -78,13 +78,15 @@ impl Drop for Attempt {
 enum Ask {
     /// The user's failure budget was spent before the provider was asked.
     Locked,
+    /// The provider refused the credentials (counted as a failure).
+    Refused,
     Provider(ProviderError),
 }
 
-impl From<ProviderError> for Ask {
-    fn from(e: ProviderError) -> Self {
-        Self::Provider(e)
-    }
+/// `user` is past `max_failures`: the provider is not asked.
+fn locked(user: &str) -> BridgeError {
+    tracing::warn!(user = %user, "password bridge: too many failed attempts; not asking the provider");
+    BridgeError::TooManyAttempts
 }
 
 /// What a successful exchange gives: the access token, and the person's ID token claims.
@@ -150,8 +152,7 @@ impl PasswordBridge {
             .get(&counted)
             .map_or(0, |n| n.load(Ordering::Relaxed));
         if failures >= self.max_failures {
-            tracing::warn!(user = %user, "password bridge: too many failed attempts; not asking the provider");
-            return Err(BridgeError::TooManyAttempts);
+            return Err(locked(user));
         }
         let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(user.as_bytes());
@@ -173,11 +174,20 @@ impl PasswordBridge {
                 if attempt.before >= self.max_failures {
                     return Err(Ask::Locked);
                 }
-                let asked = self.provider.password_grant(user, password, &self.scope).await;
-                attempt.failed = matches!(&asked, Err(ProviderError::Status { error, .. })
-                    if error.as_deref() == Some("invalid_grant"));
+                let answer = match self.provider.password_grant(user, password, &self.scope).await {
+                    Ok(answer) => answer,
+                    // RFC 6749 §5.2: `invalid_grant` is what wrong resource owner credentials
+                    // get; anything else (`invalid_client`, `unsupported_grant_type`) is our
+                    // setup, and not the user's failure.
+                    Err(ProviderError::Status { error, .. })
+                        if error.as_deref() == Some("invalid_grant") =>
+                    {
+                        attempt.failed = true;
+                        return Err(Ask::Refused);
+                    }
+                    Err(other) => return Err(Ask::Provider(other)),
+                };
                 drop(attempt);
-                let answer = asked?;
                 let keep = answer
                     .expires_in
                     .map_or(DEFAULT_KEEP, Duration::from_secs)
@@ -210,16 +220,8 @@ impl PasswordBridge {
                 id_claims: b.id_claims.clone(),
             }),
             Err(e) => match &*e {
-                Ask::Locked => {
-                    tracing::warn!(user = %user, "password bridge: too many failed attempts; not asking the provider");
-                    Err(BridgeError::TooManyAttempts)
-                }
-                // RFC 6749 §5.2: `invalid_grant` is what wrong resource owner credentials get
-                // (counted above); anything else (`invalid_client`, `unsupported_grant_type`)
-                // is our setup.
-                Ask::Provider(ProviderError::Status { error, .. })
-                    if error.as_deref() == Some("invalid_grant") =>
-                {
+                Ask::Locked => Err(locked(user)),
+                Ask::Refused => {
                     tracing::info!(user = %user, "password bridge: credentials refused by the provider");
                     Err(BridgeError::BadCredentials)
                 }

@@ -15,6 +15,7 @@ use url::Url;
 
 use super::pages::{self, escape};
 use super::redirect::safe_return_to;
+use crate::authn::answer::STORE;
 use crate::authz::{Authorizer, Decision};
 use crate::body::Body;
 use crate::config::Config;
@@ -87,7 +88,6 @@ pub enum Authn {
     Unavailable(&'static str),
 }
 
-const STORE: &str = "session store";
 /// Longest a replica holds a session's refresh lock (the grant's timeouts are shorter); a
 /// replica that dies holding it delays the others this long at most.
 const REFRESH_LOCK_TTL: Duration = Duration::from_secs(15);
@@ -745,33 +745,18 @@ pub fn forbidden_page(reason: &str, prefix: &str) -> Response<Body> {
 /// The session store (Redis) cannot be asked: 503 with `Retry-After`; the store has logged the
 /// outage once.
 pub fn store_unavailable() -> Response<Body> {
-    let mut resp = pages::page(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Temporarily unavailable",
-        "Sessions cannot be checked right now. Please try again in a moment.",
-        None,
-    );
-    resp.headers_mut()
-        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
-    resp
+    crate::authn::answer::unavailable_page(STORE)
 }
 
+/// The identity provider cannot be asked: 503 with `Retry-After`.
 pub fn unavailable() -> Response<Body> {
-    let mut resp = pages::page(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Sign-in is unavailable",
-        "The identity provider cannot be reached right now. Please try again in a moment.",
-        None,
-    );
-    resp.headers_mut()
-        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
-    resp
+    crate::authn::answer::unavailable_page("identity provider")
 }
 
 /// [`Login::refresh_shared`]'s work, under the session's lock.
 async fn refresh_locked(
     store: &SessionStore,
-    refresher: &Arc<Refresher>,
+    refresher: &Refresher,
     session: &Session,
     now: u64,
 ) -> Result<Refreshed, SessionError> {
@@ -785,7 +770,7 @@ async fn refresh_locked(
         if !refresher.due(&current, now) {
             return Ok(Refreshed::Renewed(Box::new(current)));
         }
-        let refreshed = refresher.refresh(&current).await;
+        let refreshed = refresher.refresh_here(&current).await;
         match &refreshed {
             Refreshed::Renewed(renewed) => {
                 let mut stored = (**renewed).clone();

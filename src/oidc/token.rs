@@ -48,19 +48,11 @@ impl TokenResponse {
     }
 }
 
-/// The numeric `exp` claim of a compact JWS, read without checking the signature.
+/// The `exp` of a compact JWS, read without checking the signature (the token is our own,
+/// fresh from the token endpoint).
 fn jwt_exp(token: &str) -> Option<u64> {
-    let mut parts = token.split('.');
-    let (_, payload, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next()) else {
-        return None;
-    };
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    serde_json::from_slice::<Value>(&bytes)
-        .ok()?
-        .get("exp")?
-        .as_u64()
+    let jws = super::jws::Jws::parse(token, token.len()).ok()?;
+    super::jws::number(&jws.claims, "exp").ok().flatten()
 }
 
 impl fmt::Debug for TokenResponse {

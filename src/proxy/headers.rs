@@ -118,7 +118,6 @@ impl HeaderRules {
                 || self.is_identity_spelling(name)
                 || (!trusted && is_forwarding(name))
         });
-        join_cookies(headers);
         let prior_for = if trusted {
             headers.get(&X_FORWARDED_FOR).cloned()
         } else {
@@ -174,9 +173,10 @@ impl HeaderRules {
 
 /// RFC 9113 §8.2.3: an HTTP/2 client may split its cookies over several `cookie` fields (browsers
 /// do, for compression), and a proxy forwarding to HTTP/1.1 must join them with `"; "`: an app
-/// reading only the first line (Rack, gunicorn) would lose the others. An HTTP/1.1 client sends
-/// one field, and then nothing changes.
-fn join_cookies(headers: &mut HeaderMap) {
+/// reading only the first line (Rack, gunicorn) would lose the others. For HTTP/2 and later
+/// clients only: an HTTP/1.1 client sends one field (RFC 6265 §5.4), and its requests pay for
+/// no lookup.
+pub fn join_cookies(headers: &mut HeaderMap) {
     let mut fields = headers.get_all(COOKIE).iter();
     if fields.next().is_none() || fields.next().is_none() {
         return;

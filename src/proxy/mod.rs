@@ -203,6 +203,9 @@ impl Proxy {
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
+        if parts.version >= Version::HTTP_2 {
+            headers::join_cookies(&mut parts.headers);
+        }
         let upstream_host = if upstream.preserve_host {
             client_host
         } else {

@@ -31,8 +31,12 @@ pub struct Silent {
 pub struct Received {
     inner: Incoming,
     read_timeout: Duration,
-    /// Armed while the upstream is silent; dropped at each frame.
+    /// Armed at the first silence and kept for the whole body: one deadline a response, not
+    /// one a frame. When it fires after frames came, it moves to the last frame's time plus
+    /// the timeout instead.
     silence: Option<Pin<Box<dyn Sleep>>>,
+    /// When the last frame came, once the deadline is armed.
+    last_frame: Option<Instant>,
     upstream: Arc<str>,
 }
 
@@ -51,6 +55,7 @@ impl Received {
             inner,
             read_timeout,
             silence: None,
+            last_frame: None,
             upstream,
         }
     }
@@ -67,28 +72,39 @@ impl Body for Received {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(polled) => {
-                this.silence = None;
+                if this.silence.is_some() {
+                    this.last_frame = Some(Instant::now());
+                }
                 Poll::Ready(polled.map(|frame| frame.map_err(Into::into)))
             }
             Poll::Pending => {
-                // The coarse timer: armed and dropped for nearly every response (the body is
-                // usually a poll behind the head), so it must be cheap; a tick late is fine.
+                // The coarse timer: armed for nearly every response (the body is usually a
+                // poll behind the head), so it must be cheap; a tick late is fine.
                 let timeout = this.read_timeout;
                 let silence = this
                     .silence
                     .get_or_insert_with(|| CoarseTimer.sleep_until(Instant::now() + timeout));
-                match silence.as_mut().poll(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(()) => {
-                        let silent = Silent {
-                            upstream: this.upstream.clone(),
-                            timeout,
-                        };
-                        tracing::warn!(upstream = %this.upstream, timeout_secs = timeout.as_secs_f64(),
-                            "upstream went silent in the middle of its response body; cut off");
-                        Poll::Ready(Some(Err(Box::new(silent))))
+                if silence.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // Fired. Frames came since it was armed: the silence began at the last one.
+                if let Some(last) = this.last_frame.take()
+                    && last + timeout > Instant::now()
+                {
+                    let mut moved = CoarseTimer.sleep_until(last + timeout);
+                    let polled = moved.as_mut().poll(cx);
+                    this.silence = Some(moved);
+                    if polled.is_pending() {
+                        return Poll::Pending;
                     }
                 }
+                let silent = Silent {
+                    upstream: this.upstream.clone(),
+                    timeout,
+                };
+                tracing::warn!(upstream = %this.upstream, timeout_secs = timeout.as_secs_f64(),
+                    "upstream went silent in the middle of its response body; cut off");
+                Poll::Ready(Some(Err(Box::new(silent))))
             }
         }
     }

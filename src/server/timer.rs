@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use hyper::rt::{Sleep, Timer};
 
-/// The [`Timer`] for hyper's HTTP/1 header-read deadline. Deadlines are served by the ticker
+/// The coarse [`Timer`]: hyper's HTTP/1 header-read deadline and the upstreams' read timeout
+/// (`proxy/received.rs`). Deadlines are served by the ticker
 /// of the worker thread that polls them ([`tick`]); on a thread without one they fall back
 /// to tokio's timer.
 #[derive(Debug, Clone, Copy, Default)]

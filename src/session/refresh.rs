@@ -132,7 +132,9 @@ impl Refresher {
         }
     }
 
-    async fn refresh_here(&self, session: &Session) -> Refreshed {
+    /// [`Refresher::refresh`] in the caller's own task: for callers that already run in one
+    /// no request owns (the Redis store's locked refresh).
+    pub async fn refresh_here(&self, session: &Session) -> Refreshed {
         let Some(refresh_token) = &session.refresh_token else {
             return Refreshed::Unavailable;
         };

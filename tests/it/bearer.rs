@@ -531,7 +531,7 @@ async fn a_cached_jwt_is_refused_once_it_expires() {
     })
     .await;
     // Four seconds: both calls below must land inside it even on a busy machine.
-    let exp = unix_now() + 4;
+    let exp = gatehouse::oidc::unix_now() + 4;
     let token = api
         .iss
         .mint(DEFAULT_AUDIENCE)
@@ -548,7 +548,7 @@ async fn a_cached_jwt_is_refused_once_it_expires() {
         Some("short-lived")
     );
     // Past exp plus the leeway (whole seconds).
-    while unix_now() <= exp + 1 {
+    while gatehouse::oidc::unix_now() <= exp + 1 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let reply = api.get("/api/c", &token).await;
@@ -558,13 +558,6 @@ async fn a_cached_jwt_is_refused_once_it_expires() {
         &leak_probes(&api.iss, &token),
     );
     assert_eq!(api.app.count(), 2, "the expired token reached the app");
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,6 +189,11 @@ async fn a_login_whose_userinfo_disagrees_or_fails_signs_nobody_in() {
     assert_eq!(reply.status, 400, "{}", reply.text());
     assert!(reply.text().contains("disagree"), "{}", reply.text());
     assert_eq!(
+        reply.cookies_set(),
+        Vec::<String>::new(),
+        "a session cookie was set"
+    );
+    assert_eq!(
         browser.get(&other.gw.url("/oauth2/userinfo")).await.status,
         401
     );
@@ -200,6 +205,11 @@ async fn a_login_whose_userinfo_disagrees_or_fails_signs_nobody_in() {
     let reply = callback_reply(&down, &mut browser).await;
     assert_eq!(reply.status, 503, "{}", reply.text());
     assert!(reply.headers.contains_key("retry-after"));
+    assert_eq!(
+        reply.cookies_set(),
+        Vec::<String>::new(),
+        "a session cookie was set"
+    );
     assert_eq!(
         browser.get(&down.gw.url("/oauth2/userinfo")).await.status,
         401

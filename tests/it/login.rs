@@ -14,16 +14,6 @@ use crate::support::world::{
 use crate::support::{Gateway, Reply, get, send};
 
 /// The `Set-Cookie` values of `reply` that set a cookie (rather than clear one).
-fn cookies_set(reply: &Reply) -> Vec<String> {
-    reply
-        .headers
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .filter(|v| !v.to_ascii_lowercase().contains("max-age=0"))
-        .collect()
-}
-
 /// The one value of `name` in `url`'s query.
 fn query_param(url: &str, name: &str) -> Option<String> {
     let url = url::Url::parse(url).unwrap();
@@ -143,7 +133,7 @@ async fn a_replayed_callback_is_refused() {
     let callback = sign_in_at_provider(&world, &mut browser, &to_provider, "alice").await;
     let landed = browser.get(&callback).await;
     assert_eq!(location(&landed), "/app");
-    assert!(!cookies_set(&landed).is_empty(), "no session was created");
+    assert!(!landed.cookies_set().is_empty(), "no session was created");
     assert_eq!(browser.get(&world.gw.url("/app")).await.status, 200);
     let served = world.app.count();
 
@@ -151,7 +141,7 @@ async fn a_replayed_callback_is_refused() {
     let replay = browser.get(&callback).await;
     assert_eq!(replay.status, 400, "{}", replay.text());
     assert!(replay.text().contains("already used"), "{}", replay.text());
-    assert_eq!(cookies_set(&replay), Vec::<String>::new());
+    assert_eq!(replay.cookies_set(), Vec::<String>::new());
     // The copy with the login cookie re-attached: the gateway itself remembers the state, so
     // the code is not even spent at the provider.
     assert_used_state_refused(&world, &mut copy, &callback, served).await;
@@ -197,8 +187,9 @@ async fn a_used_state_replayed_with_its_login_cookie_and_a_fresh_code_is_refused
     assert_eq!(info.json()["user"], "alice");
 }
 
-/// `callback` carries a state the gateway has seen: 400 "was already used" from the gateway
-/// itself, no cookie, `browser` not signed in, the app not reached (it had served `served`).
+/// `callback` carries a state the gateway has seen: 400 "This sign-in link was already used"
+/// from the gateway's memory of redeemed states (not the missing login cookie's "has expired
+/// or was already used"), no cookie, `browser` not signed in, the app not reached (it had served `served`).
 async fn assert_used_state_refused(
     world: &World,
     browser: &mut Browser,
@@ -208,11 +199,13 @@ async fn assert_used_state_refused(
     let replay = browser.get(callback).await;
     assert_eq!(replay.status, 400, "{}", replay.text());
     assert!(
-        replay.text().contains("was already used"),
+        replay
+            .text()
+            .contains("This sign-in link was already used."),
         "{}",
         replay.text()
     );
-    assert_eq!(cookies_set(&replay), Vec::<String>::new());
+    assert_eq!(replay.cookies_set(), Vec::<String>::new());
     assert_eq!(
         browser.get(&world.gw.url("/oauth2/userinfo")).await.status,
         401,
@@ -254,7 +247,7 @@ async fn a_callback_naming_another_issuer_is_refused_mix_up_attack() {
             "{attack}: {}",
             reply.text()
         );
-        assert_eq!(cookies_set(&reply), Vec::<String>::new(), "{attack}");
+        assert_eq!(reply.cookies_set(), Vec::<String>::new(), "{attack}");
         assert_eq!(
             browser.get(&world.gw.url("/oauth2/userinfo")).await.status,
             401,
@@ -273,7 +266,7 @@ async fn a_callback_naming_another_issuer_is_refused_mix_up_attack() {
     );
     let landed = browser.get(&callback).await;
     assert_eq!(location(&landed), "/app");
-    assert!(!cookies_set(&landed).is_empty());
+    assert!(!landed.cookies_set().is_empty());
     assert_eq!(browser.get(&world.gw.url("/app")).await.status, 200);
     assert_eq!(world.app.last().headers["x-forwarded-user"], "alice");
 }
@@ -314,7 +307,7 @@ async fn markup_in_a_provider_error_is_shown_escaped_never_run() {
         html.contains("access_denied&lt;script&gt;alert(1)&lt;/script&gt;"),
         "{html}"
     );
-    assert_eq!(cookies_set(&page), Vec::<String>::new());
+    assert_eq!(page.cookies_set(), Vec::<String>::new());
     assert_eq!(
         browser.get(&world.gw.url("/oauth2/userinfo")).await.status,
         401
@@ -335,7 +328,7 @@ async fn markup_in_a_provider_error_is_shown_escaped_never_run() {
     let page = browser.get(&location(&back)).await;
     assert_eq!(page.status, 403, "{}", page.text());
     assert!(page.text().contains("(access_denied)"), "{}", page.text());
-    assert_eq!(cookies_set(&page), Vec::<String>::new());
+    assert_eq!(page.cookies_set(), Vec::<String>::new());
     assert_eq!(world.app.count(), 0, "a refused sign-in reached the app");
 }
 
@@ -374,6 +367,11 @@ async fn a_tampered_or_truncated_session_cookie_is_no_session() {
 #[tokio::test]
 async fn open_redirects_after_login_are_refused() {
     let world = World::start("").await;
+    // The same login with a good rd lands there: a refusal below is the rule, not rd ignored.
+    let mut browser = world.browser();
+    let good = callback_reply_from(&world, &mut browser, "/oauth2/start?rd=%2Fok%3Fx%3D1").await;
+    assert_eq!(location(&good), "/ok?x=1");
+    let userinfo_here = format!("http://user:pw@{}/elsewhere", world.gw.addr);
     for bad in [
         "//evil.example/phish",
         "/\\evil.example",
@@ -386,6 +384,8 @@ async fn open_redirects_after_login_are_refused() {
         "/%2F/evil.example",
         "/%5Cevil.example",
         "https://user:pw@127.0.0.1/",
+        // Our own origin, with credentials before it: refused for the credentials alone.
+        userinfo_here.as_str(),
     ] {
         let mut browser = world.browser();
         let rd: String = url::form_urlencoded::byte_serialize(bad.as_bytes()).collect();
@@ -787,8 +787,7 @@ async fn a_health_checker_user_agent_never_skips_login() {
 }
 
 /// Issue 11 point 1, "refreshed periodically": the provider's discovery document and keys are
-/// fetched again every `discovery_refresh`, with no request asking for it (a key the provider
-/// adds is known before the first token signed with it arrives).
+/// fetched again every `discovery_refresh`, with no request asking for it.
 #[tokio::test]
 async fn discovery_and_keys_are_fetched_again_every_discovery_refresh() {
     use crate::support::issuer::TestIssuer;

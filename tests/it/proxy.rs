@@ -574,10 +574,11 @@ async fn a_slow_steady_body_longer_than_read_timeout_arrives_whole() {
         "[[upstreams]]\nurl = \"{}\"\nread_timeout = \"2s\"\n",
         up.url()
     ));
-    // Eight bytes 300 ms apart: 2.1 s in all, each pause well inside the 2 s timeout.
-    let reply = get(&gw.url("/drip?chunks=8&ms=300")).await;
+    // Fourteen bytes 300 ms apart: 3.9 s in all, past the first deadline even a tick (0.5 s)
+    // late, each pause well inside the 2 s timeout.
+    let reply = get(&gw.url("/drip?chunks=14&ms=300")).await;
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.text(), "xxxxxxxx");
+    assert_eq!(reply.text(), "x".repeat(14));
 }
 
 /// `response_timeout` counts from the end of the request body: an upload that takes longer

@@ -181,16 +181,6 @@ async fn redis_down_is_503_then_the_same_session_works_when_it_returns() {
     world.gw.wait_for_log("Redis is reachable again").await;
 }
 
-/// The access token the app received last.
-fn token_seen(world: &World) -> String {
-    world
-        .app
-        .last()
-        .header("x-forwarded-access-token")
-        .unwrap()
-        .to_owned()
-}
-
 /// alice signed in on a world whose tokens live 8 s and refresh with 4 s left (seconds to
 /// spare for starting the replica), the cookie, and a second replica.
 async fn refreshing_replicas(redis: &RedisServer) -> (World, String, Gateway) {
@@ -212,7 +202,7 @@ async fn refreshing_replicas(redis: &RedisServer) -> (World, String, Gateway) {
 async fn two_replicas_refresh_a_shared_session_once() {
     let redis = RedisServer::start();
     let (world, cookie, replica) = refreshing_replicas(&redis).await;
-    let first = token_seen(&world);
+    let first = world.access_token_seen();
     tokio::time::sleep(Duration::from_millis(4300)).await;
     let mut calls = Vec::new();
     for i in 0..40 {
@@ -225,7 +215,7 @@ async fn two_replicas_refresh_a_shared_session_once() {
         assert!(reply.headers.get("set-cookie").is_none());
     }
     assert_eq!(world.provider.refresh_grant_requests(), 1);
-    let renewed = token_seen(&world);
+    let renewed = world.access_token_seen();
     assert_ne!(renewed, first);
     for gw in [&world.gw, &replica] {
         assert_eq!(api(gw, "/api/data", &cookie).await.status, 200);
@@ -244,7 +234,7 @@ async fn two_replicas_refresh_a_shared_session_once() {
 async fn a_client_gone_during_the_refresh_leaves_the_new_tokens_in_redis() {
     let redis = RedisServer::start();
     let (world, cookie, replica) = refreshing_replicas(&redis).await;
-    let first = token_seen(&world);
+    let first = world.access_token_seen();
     tokio::time::sleep(Duration::from_millis(4300)).await;
     crate::support::world::abandon_a_request_mid_refresh(&world, world.gw.addr, &cookie).await;
     let reply = api(&replica, "/api/data", &cookie).await;

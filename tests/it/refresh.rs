@@ -36,21 +36,12 @@ async fn api(world: &World, cookie: &str) -> Reply {
     get_with(&world.gw.url("/api/data"), &[("cookie", cookie)]).await
 }
 
-fn token_seen(world: &World) -> String {
-    world
-        .app
-        .last()
-        .header("x-forwarded-access-token")
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test]
 async fn fifty_concurrent_requests_across_an_expiry_make_one_refresh() {
     let (world, browser) = signed_in().await;
     let cookie = world.cookie_header(&browser);
     assert_eq!(api(&world, &cookie).await.status, 200);
-    let first = token_seen(&world);
+    let first = world.access_token_seen();
     tokio::time::sleep(UNTIL_DUE).await;
     let replies = futures_util::future::join_all((0..50).map(|_| api(&world, &cookie))).await;
     assert!(
@@ -76,12 +67,16 @@ async fn a_client_gone_during_the_refresh_does_not_lose_the_session() {
     let (world, browser) = signed_in().await;
     let cookie = world.cookie_header(&browser);
     assert_eq!(api(&world, &cookie).await.status, 200);
-    let first = token_seen(&world);
+    let first = world.access_token_seen();
     tokio::time::sleep(UNTIL_DUE).await;
     crate::support::world::abandon_a_request_mid_refresh(&world, world.gw.addr, &cookie).await;
     let reply = api(&world, &cookie).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_ne!(token_seen(&world), first, "the app got the old token");
+    assert_ne!(
+        world.access_token_seen(),
+        first,
+        "the app got the old token"
+    );
     assert_eq!(world.provider.refresh_grant_requests(), 1);
 }
 
@@ -92,12 +87,12 @@ async fn a_request_with_the_old_cookie_after_rotation_gets_the_new_session() {
     tokio::time::sleep(UNTIL_DUE).await;
     // The browser's request refreshes and stores the new cookie…
     assert_eq!(browser.get(&world.gw.url("/page")).await.status, 200);
-    let renewed = token_seen(&world);
+    let renewed = world.access_token_seen();
     // …while a parallel request still carries the old one: served with the same new session,
     // no second grant (which would present the spent refresh token and end the sign-in).
     let late = api(&world, &old).await;
     assert_eq!(late.status, 200, "{}", late.text());
-    assert_eq!(token_seen(&world), renewed);
+    assert_eq!(world.access_token_seen(), renewed);
     assert_eq!(world.provider.refresh_grant_requests(), 1);
     // Several lifetimes later the browser is still signed in: the family was never revoked.
     for _ in 0..2 {
@@ -133,7 +128,7 @@ async fn a_provider_outage_during_refresh_uses_the_old_token_then_503_and_recove
     let (world, browser) = signed_in().await;
     let cookie = world.cookie_header(&browser);
     assert_eq!(api(&world, &cookie).await.status, 200);
-    let old_token = token_seen(&world);
+    let old_token = world.access_token_seen();
     // Time the steps against the token's own `exp` (whole seconds), not against the login,
     // which a busy machine can slow down.
     let exp = expiry_of(&old_token);
@@ -169,7 +164,7 @@ async fn a_provider_outage_during_refresh_uses_the_old_token_then_503_and_recove
     assert_eq!(back.status, 200, "{}", back.text());
     // Nothing that opens the session or the provider is in the log: access and refresh
     // tokens (old and new), the client secret, the session cookie and its key.
-    let new_token = token_seen(&world);
+    let new_token = world.access_token_seen();
     assert_ne!(new_token, old_token);
     let refresh_tokens = world.provider.refresh_tokens_of("alice");
     assert!(!refresh_tokens.is_empty());

@@ -255,6 +255,16 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The cookies this answer sets, those that clear one (`Max-Age=0`) left out.
+    pub fn cookies_set(&self) -> Vec<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .filter(|v| !v.to_ascii_lowercase().contains("max-age=0"))
+            .collect()
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }

@@ -194,6 +194,15 @@ impl World {
     /// Stops the gateway and starts it again on the same address with its configuration after
     /// `edit`: a deploy of a new configuration. The provider's redirect URI names this address,
     /// so logins keep working.
+    /// The access token the app received last (`pass_access_token`).
+    pub fn access_token_seen(&self) -> String {
+        self.app
+            .last()
+            .header("x-forwarded-access-token")
+            .unwrap()
+            .to_owned()
+    }
+
     pub async fn restart_with(&mut self, edit: impl FnOnce(&str) -> String) {
         let stopped = self.gw.terminate(std::time::Duration::from_secs(10));
         assert!(stopped.is_some(), "the gateway did not stop on SIGTERM");
@@ -427,6 +436,8 @@ pub async fn abandon_a_request_mid_refresh(world: &World, gw: SocketAddr, cookie
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     drop(stream);
-    world.provider.set_token_delay(std::time::Duration::ZERO);
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Only now: the provider reads the delay after the grant, so switching it off earlier
+    // could let the answer arrive before the hang-up.
+    world.provider.set_token_delay(std::time::Duration::ZERO);
 }
